@@ -1,0 +1,55 @@
+# Everything runs from a project-local virtualenv that the first target creates.
+# torch is pinned through constraints.txt so a fresh machine gets the CPU wheel,
+# not a multi-GB CUDA build; the package itself only asks for a range.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint format typecheck bench crd chart e2e-kind clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[runtime,operator,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: fine-tune a locally built tiny Llama with LoRA, merge, generate.
+demo: $(STAMP)
+	$(VENV)/bin/finetune run
+
+## The whole test suite (unit, real training, operator against the emulator, S3, helm).
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check runtime operator tests bench
+	$(VENV)/bin/ruff format --check runtime operator tests bench
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format runtime operator tests bench
+	$(VENV)/bin/ruff check --fix runtime operator tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy runtime/finetune_runtime operator/finetune_operator
+
+## Regenerate the CRD from the runtime config schema (a test fails on drift).
+crd: $(STAMP)
+	$(PY) -m finetune_operator.crd > crds/finetunejob.yaml
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+e2e-kind:
+	./scripts/e2e-kind.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache outputs

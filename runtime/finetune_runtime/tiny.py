@@ -1,0 +1,167 @@
+"""Locally built tiny models: `base_model: builtin:tiny-llama`.
+
+Nothing can be downloaded from a model hub in CI, air-gapped clusters or this
+repo's tests, yet the whole pipeline (tokenize, train, checkpoint, merge,
+generate) must run for real. A builtin model is a small Llama with random
+weights and a byte-level BPE tokenizer trained on the fly from the packaged
+example data. Building is deterministic for a given name and seed, and the
+result is cached as an ordinary Hugging Face model directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from finetune_runtime.errors import ModelError
+
+BUILTIN_PREFIX = "builtin:"
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
+
+# ChatML: the template builtin tokenizers carry, used for sharegpt-style data.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    vocab_size: int = 512
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 512
+
+
+BUILTINS: dict[str, TinySpec] = {
+    "tiny-llama": TinySpec(),
+    # A little wider and deeper: for benchmarks where matmuls should dominate.
+    "small-llama": TinySpec(
+        vocab_size=1024,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+    ),
+}
+
+
+def is_builtin(name: str) -> bool:
+    return name.startswith(BUILTIN_PREFIX)
+
+
+def cache_root() -> Path:
+    """Where builtin models live: $FINETUNE_CACHE or ~/.cache/finetune."""
+    root = os.environ.get("FINETUNE_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "finetune"
+    )
+    return Path(root)
+
+
+def resolve_builtin(name: str, seed: int = 0) -> Path:
+    """Return the directory of builtin model `name`, building it on first use."""
+    key = name[len(BUILTIN_PREFIX) :] if is_builtin(name) else name
+    if key not in BUILTINS:
+        known = ", ".join(BUILTIN_PREFIX + k for k in BUILTINS)
+        raise ModelError(f"unknown builtin model {name!r}; known builtins: {known}")
+    dest = cache_root() / "builtin" / f"{key}-seed{seed}"
+    if (dest / "config.json").is_file() and (dest / "tokenizer.json").is_file():
+        return dest
+    build_tiny_llama(dest, BUILTINS[key], seed=seed)
+    return dest
+
+
+def _training_corpus() -> list[str]:
+    data = resources.files("finetune_runtime") / "data"
+    texts: list[str] = []
+    for entry in sorted(data.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".jsonl"):
+            continue
+        for line in entry.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                texts.extend(str(v) for v in row.values() if isinstance(v, str))
+    texts.append("Below is an instruction that describes a task. ### Instruction: ### Input: ### Response:")
+    texts.append("system user assistant human gpt")
+    return texts
+
+
+def build_tokenizer(vocab_size: int):  # -> PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_training_corpus(), trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def build_tiny_llama(dest: Path, spec: TinySpec = TinySpec(), seed: int = 0) -> Path:
+    """Build a random-weight Llama plus tokenizer into `dest` (atomically)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(spec.vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if dest.exists():  # another process won the race; keep theirs
+            shutil.rmtree(tmp)
+            return dest
+        os.replace(tmp, dest)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (dest / "config.json").is_file():
+            return dest
+        raise ModelError(f"could not build builtin model into {dest}: {exc}") from exc
+    return dest
