@@ -17,7 +17,9 @@ PROGRESS_PORT = 9400
 PROGRESS_PATH = "/progress"
 METRICS_PATH = "/metrics"
 
-TrainingState = Literal["starting", "loading", "training", "evaluating", "saving", "completed", "failed"]
+TrainingState = Literal[
+    "starting", "loading", "training", "evaluating", "saving", "completed", "failed"
+]
 
 
 def _camel(name: str) -> str:

@@ -93,7 +93,9 @@ def _training_corpus() -> list[str]:
             if line.strip():
                 row = json.loads(line)
                 texts.extend(str(v) for v in row.values() if isinstance(v, str))
-    texts.append("Below is an instruction that describes a task. ### Instruction: ### Input: ### Response:")
+    texts.append(
+        "Below is an instruction that describes a task. ### Instruction: ### Input: ### Response:"
+    )
     texts.append("system user assistant human gpt")
     return texts
 
