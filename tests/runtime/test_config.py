@@ -250,7 +250,8 @@ def test_axolotl_custom_prompt_type() -> None:
             "adding up to 1",
         ),
         (
-            "base_model: m\ndatasets: [{path: a}]\ntraining:\n  warmup_steps: 3\n  warmup_ratio: 0.1\n",
+            "base_model: m\ndatasets: [{path: a}]\n"
+            "training:\n  warmup_steps: 3\n  warmup_ratio: 0.1\n",
             "training.warmup_ratio",
             5,
             "not both",
