@@ -1,0 +1,1 @@
+"""The training engine: loop, backends (local, DDP, DeepSpeed), checkpoints, optimizers."""
