@@ -128,7 +128,15 @@ def test_default_render_is_cluster_wide(render: Render) -> None:
     assert grants(role["rules"]) == NAMESPACED_NEEDS | CRD_NEEDS | NAMESPACE_WATCH_NEEDS
     assert_least_privilege(objects)
     args = container(objects)["args"]
-    assert args == ["--metrics-port", "8080", "--health-port", "8081", "--all-namespaces"]
+    assert args == [
+        "--metrics-port",
+        "8080",
+        "--health-port",
+        "8081",
+        "--default-image",
+        "finetune-runtime:0.1.0",
+        "--all-namespaces",
+    ]
     for obj in objects:
         if obj["kind"] in {"Deployment", "Service", "ServiceAccount"}:
             assert obj["metadata"]["namespace"] == NAMESPACE
@@ -148,14 +156,14 @@ def test_namespaced_mode_uses_roles_in_each_watched_namespace(render: Render) ->
     assert grants(one(objects, "ClusterRole")["rules"]) == CRD_NEEDS
     assert_least_privilege(objects)
     args = container(objects)["args"]
-    assert args[4:] == ["--namespace", "team-a", "--namespace", "team-b"]
+    assert args[6:] == ["--namespace", "team-a", "--namespace", "team-b"]
     assert "--all-namespaces" not in args
 
 
 def test_cluster_scope_limited_to_namespaces_does_not_watch_namespaces(render: Render) -> None:
     objects = render(sets=["watchNamespaces={ml}"])
     assert grants(one(objects, "ClusterRole")["rules"]) == NAMESPACED_NEEDS | CRD_NEEDS
-    assert container(objects)["args"][4:] == ["--namespace", "ml"]
+    assert container(objects)["args"][6:] == ["--namespace", "ml"]
 
 
 def test_extra_rules_are_appended(render: Render) -> None:
@@ -239,6 +247,7 @@ def test_overrides_reach_the_pod(render: Render) -> None:
     objects = render(
         values={
             "image": {"repository": "registry.example:5000/ml/finetune-operator", "tag": "1.2.3"},
+            "runtimeImage": {"repository": "registry.example:5000/ml/finetune-runtime"},
             "imagePullSecrets": ["regcred"],
             "metrics": {"port": 9090},
             "health": {"port": 9091},
@@ -253,7 +262,14 @@ def test_overrides_reach_the_pod(render: Render) -> None:
     main = pod["containers"][0]
     assert main["image"] == "registry.example:5000/ml/finetune-operator:1.2.3"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
-    assert main["args"][:4] == ["--metrics-port", "9090", "--health-port", "9091"]
+    assert main["args"][:6] == [
+        "--metrics-port",
+        "9090",
+        "--health-port",
+        "9091",
+        "--default-image",
+        "registry.example:5000/ml/finetune-runtime:0.1.0",
+    ]
     assert main["args"][-1] == "--verbose"
     assert {"name": "LOG", "value": "debug"} in main["env"]
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
@@ -287,3 +303,19 @@ def test_crd_is_installed_from_the_crds_directory(render: Render) -> None:
     served = [v["name"] for v in crd["spec"]["versions"] if v["served"]]
     assert served == ["v1alpha1"]
     assert not list((CHART / "templates").glob("*crd*")), "CRDs belong in crds/, not templates/"
+
+
+@pytest.mark.parametrize("sets", [[], NAMESPACED_MODE, ["watchNamespaces={ml}"]], ids=str)
+def test_rendered_arguments_are_accepted_by_the_operator_cli(
+    render: Render, sets: list[str]
+) -> None:
+    """The Deployment's args parse with the real `finetune-operator` argument parser."""
+    main = pytest.importorskip("finetune_operator.main")
+    args = container(render(sets=sets))["args"]
+    parsed = main.build_parser().parse_args(args)
+    assert parsed.metrics_port == 8080
+    assert parsed.health_port == 8081
+    assert parsed.default_image == "finetune-runtime:0.1.0"
+    namespaces = [args[i + 1] for i, arg in enumerate(args) if arg == "--namespace"]
+    assert parsed.namespace == namespaces
+    assert parsed.all_namespaces is (not namespaces)

@@ -26,6 +26,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("duplicate namespace", {"watchNamespaces": ["a", "a"]}, ["/watchNamespaces", "a"]),
     ("bad pull policy", {"image": {"pullPolicy": "Sometimes"}}, ["/image/pullPolicy"]),
     ("empty repository", {"image": {"repository": ""}}, ["/image/repository"]),
+    ("tag with a space", {"runtimeImage": {"tag": "v 1"}}, ["/runtimeImage/tag"]),
     ("root user", {"podSecurityContext": {"runAsUser": 0}}, ["/podSecurityContext/runAsUser"]),
     (
         "runAsNonRoot off",
