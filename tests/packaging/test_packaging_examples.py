@@ -8,14 +8,16 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from dockerfile_parse import DockerfileParser
+from dockerfiles import parse_dockerfile
 
 from finetune_runtime.config import parse_config_with_warnings
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 CRD = REPO / "crds" / "finetunejob.yaml"
-RUNTIME_DOCKERFILE = REPO / "images" / "runtime" / "Dockerfile"
+RUNTIME_DOCKERFILES = [
+    REPO / "images" / "runtime" / name for name in ("Dockerfile", "Dockerfile.cpu")
+]
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -103,14 +105,16 @@ def test_tiny_cpu_example_needs_no_gpu_and_nothing_from_outside() -> None:
     assert config.training.max_steps is not None and config.training.max_steps <= 50
     # Its dataset is baked into the runtime image at exactly that path.
     (path,) = [d.path for d in config.datasets]
-    copies = [
-        step["value"].split()
-        for step in DockerfileParser(path=str(RUNTIME_DOCKERFILE)).structure
-        if step["instruction"] == "COPY" and "--from" not in step["value"]
-    ]
-    assert any(words[-1] == path and (REPO / words[0]).is_file() for words in copies), (
-        f"images/runtime/Dockerfile does not COPY a dataset to {path}"
-    )
+    assert len(RUNTIME_DOCKERFILES) == 2
+    for dockerfile in RUNTIME_DOCKERFILES:
+        copies = [
+            step["value"].split()
+            for step in parse_dockerfile(dockerfile).structure
+            if step["instruction"] == "COPY" and "--from" not in step["value"]
+        ]
+        assert any(words[-1] == path and (REPO / words[0]).is_file() for words in copies), (
+            f"{dockerfile.name} does not COPY a dataset to {path}"
+        )
 
 
 def test_no_credentials_in_examples() -> None:

@@ -19,21 +19,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dockerfile_parse import DockerfileParser
+from dockerfiles import parse_dockerfile
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = {
     "operator": REPO / "images" / "operator" / "Dockerfile",
     "runtime": REPO / "images" / "runtime" / "Dockerfile",
+    "runtime-cpu": REPO / "images" / "runtime" / "Dockerfile.cpu",
 }
-ENTRYPOINTS = {"operator": ["finetune-operator"], "runtime": ["finetune"]}
+RUNTIMES = ["runtime", "runtime-cpu"]
+ENTRYPOINTS = {
+    "operator": ["finetune-operator"],
+    "runtime": ["finetune"],
+    "runtime-cpu": ["finetune"],
+}
 HEAVY = {"torch", "transformers", "peft", "bitsandbytes", "deepspeed", "accelerate"}
 SECRET_NAME = re.compile(r"(secret|passw|token|api_?key|access_?key|credential|aws_)", re.I)
 SECRET_FILE = re.compile(r"(\.aws|\.netrc|\.docker/config|id_rsa|\.pem$|\.key$|\.env$|kubeconfig)")
 
 
 def instructions(path: Path) -> list[dict[str, Any]]:
-    return [i for i in DockerfileParser(path=str(path)).structure if i["instruction"] != "COMMENT"]
+    return [i for i in parse_dockerfile(path).structure if i["instruction"] != "COMMENT"]
 
 
 def final_stage(path: Path) -> list[dict[str, Any]]:
@@ -64,7 +70,7 @@ def test_final_stage_runs_as_a_numeric_non_root_user(image: str) -> None:
         f"{image}: USER {users[-1]} must be a numeric non-root uid"
     )
     assert not gid or (gid.isdigit() and int(gid) != 0)
-    expected = {"operator": "65532", "runtime": "1000"}[image]
+    expected = {"operator": "65532", "runtime": "1000", "runtime-cpu": "1000"}[image]
     assert uid == expected
 
 
@@ -79,16 +85,17 @@ def test_entrypoint_is_the_console_script(image: str) -> None:
 
 
 def test_base_images() -> None:
-    operator = DockerfileParser(path=str(IMAGES["operator"]))
+    operator = parse_dockerfile(IMAGES["operator"])
     assert operator.baseimage == "python:3.11-slim"
-    runtime = DockerfileParser(path=str(IMAGES["runtime"]))
+    runtime = parse_dockerfile(IMAGES["runtime"])
     assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", runtime.baseimage)
+    assert parse_dockerfile(IMAGES["runtime-cpu"]).baseimage == "python:3.11-slim"
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_no_secrets_are_baked_in(image: str) -> None:
     path = IMAGES[image]
-    parser = DockerfileParser(path=str(path))
+    parser = parse_dockerfile(path)
     for step in instructions(path):
         if step["instruction"] in {"ENV", "ARG", "LABEL"}:
             names = re.findall(r"(?:^|\s)([A-Za-z_][\w.]*)(?==|\s|$)", step["value"])
@@ -107,7 +114,8 @@ def test_no_secrets_are_baked_in(image: str) -> None:
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_build_context_is_limited_by_a_dockerignore(image: str) -> None:
     """BuildKit reads <Dockerfile>.dockerignore: everything is excluded but the sources."""
-    lines = IMAGES[image].with_name("Dockerfile.dockerignore").read_text().splitlines()
+    ignore_file = IMAGES[image].with_name(IMAGES[image].name + ".dockerignore")
+    lines = ignore_file.read_text().splitlines()
     patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     assert patterns[0] == "*", "the ignore file must start by excluding everything"
     allowed = [line[1:].rstrip("/") for line in patterns if line.startswith("!")]
@@ -131,13 +139,14 @@ def test_operator_image_installs_no_training_stack() -> None:
     assert not names & HEAVY, names & HEAVY
 
 
-def test_runtime_image_installs_the_runtime_extra() -> None:
-    runs = " ".join(
-        s["value"] for s in instructions(IMAGES["runtime"]) if s["instruction"] == "RUN"
-    )
+@pytest.mark.parametrize("image", RUNTIMES)
+def test_runtime_images_install_the_runtime_extra(image: str) -> None:
+    runs = " ".join(s["value"] for s in instructions(IMAGES[image]) if s["instruction"] == "RUN")
     assert '".[runtime]"' in runs
-    exposed = [s["value"] for s in final_stage(IMAGES["runtime"]) if s["instruction"] == "EXPOSE"]
+    exposed = [s["value"] for s in final_stage(IMAGES[image]) if s["instruction"] == "EXPOSE"]
     assert set(" ".join(exposed).split()) == {"29500", "9400"}
+    env = parse_dockerfile(IMAGES[image]).envs
+    assert env["FINETUNE_CACHE"] == "/data/cache"  # the cache volume the operator mounts
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
