@@ -1,0 +1,141 @@
+"""One reconcile cycle of one job: observe over the API, decide (pure), act.
+
+This is the whole of the operator's I/O around `reconcile.reconcile`. It never raises
+for a bad job (that is a status condition); API failures are logged, counted and
+retried on the next cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes.client.rest import ApiException
+
+from finetune_operator import manifests as m
+from finetune_operator import status as s
+from finetune_operator.kube import Kube
+from finetune_operator.metrics import Metrics
+from finetune_operator.progress_client import fetch_progress
+from finetune_operator.reconcile import Decision, Observed, reconcile
+
+log = logging.getLogger("finetune_operator.controller")
+
+FAILURE_REASONS = ("InvalidSpec", "BackoffLimitExceeded", "DeadlineExceeded")
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """An RFC 7386 merge patch turning `old` into `new` (None deletes a key)."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif before != value or key not in old:
+            patch[key] = value
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+
+
+@dataclass
+class Controller:
+    kube: Kube
+    metrics: Metrics
+    settings: m.PodSettings
+    progress_timeout: float = 2.0
+
+    def observe(self, job: dict[str, Any]) -> Observed:
+        meta, spec = job.get("metadata") or {}, job.get("spec") or {}
+        namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
+        ref = m.JobRef(name, namespace, uid)
+        pods = self.kube.list_pods(namespace, name, uid)
+        existing = (
+            (spec.get("storage") or {}).get("existingClaim") if isinstance(spec, dict) else None
+        )
+        claim = existing if isinstance(existing, str) and existing else m.pvc_name(ref)
+        status = job.get("status") or {}
+        progress = None
+        if status.get("phase") in (s.CREATED, s.RUNNING, s.RESTARTING):
+            url = s.progress_url(pods, int(status.get("attempt") or 0))
+            if url is not None:
+                progress = fetch_progress(url, timeout=self.progress_timeout)
+        return Observed(
+            pods=pods,
+            config_map=self.kube.get_child("ConfigMap", namespace, m.config_map_name(ref)),
+            service=self.kube.get_child("Service", namespace, m.service_name(ref)),
+            claim=self.kube.get_child("PersistentVolumeClaim", namespace, claim),
+            progress=progress,
+        )
+
+    def reconcile_once(self, namespace: str, name: str) -> bool:
+        """Run one cycle; True when the job is gone (the caller stops looping)."""
+        started = time.perf_counter()
+        try:
+            job = self.kube.get_job(namespace, name)
+            if job is None:
+                return True
+            decision = reconcile(job, self.observe(job), datetime.now(UTC), self.settings)
+            gone = self.act(job, decision)
+            self.metrics.observe(
+                (namespace, name), decision.status.get("phase"), decision.status.get("progress")
+            )
+            return gone
+        except Exception:
+            self.metrics.reconcile_errors.inc()
+            log.exception("reconcile of %s/%s failed; retrying on the next cycle", namespace, name)
+            return False
+        finally:
+            self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+    def act(self, job: dict[str, Any], decision: Decision) -> bool:
+        meta = job["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        patch = merge_patch(job.get("status") or {}, decision.status)
+        if patch:
+            try:
+                self.kube.patch_job_status(namespace, name, patch)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return True
+                raise
+        now = datetime.now(UTC)
+        for ref in decision.delete:
+            self.kube.delete(ref.kind, namespace, ref.name)
+            log.info("deleted %s %s/%s", ref.kind, namespace, ref.name)
+        for manifest in decision.create:
+            kind, child = manifest["kind"], manifest["metadata"]["name"]
+            try:
+                if self.kube.create(manifest):
+                    log.info("created %s %s/%s", kind, namespace, child)
+            except ApiException as exc:
+                reason = f"{exc.status} {exc.reason}"
+                log.warning("creating %s %s/%s failed: %s", kind, namespace, child, reason)
+                self._event(job, "Warning", "FailedCreate", f"{kind} {child}: {reason}", now)
+        for manifest in decision.update:
+            self.kube.update(manifest)
+            log.info("updated %s %s/%s", manifest["kind"], namespace, manifest["metadata"]["name"])
+        for event in decision.events:
+            self._event(job, event.type, event.reason, event.message, now)
+            self.metrics.transition(
+                event.reason, event.reason if event.reason in FAILURE_REASONS else None
+            )
+        if decision.delete_job:
+            self.kube.delete_job(namespace, name)
+            log.info("deleted FineTuneJob %s/%s (ttlSecondsAfterFinished)", namespace, name)
+            return True
+        return False
+
+    def _event(
+        self, job: dict[str, Any], type_: str, reason: str, message: str, now: datetime
+    ) -> None:
+        try:
+            self.kube.post_event(job, type_, reason, message, now)
+        except Exception as exc:  # noqa: BLE001 - events are best effort
+            log.warning("posting event %s failed: %s", reason, exc)

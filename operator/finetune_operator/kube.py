@@ -1,0 +1,186 @@
+"""Thin Kubernetes I/O for the reconciler, over the official client, as plain dicts.
+
+Responses are read as raw JSON (no model deserialisation), so the operator sees
+exactly what the API server sent. 409 on create and 404 on delete count as success:
+children have deterministic names, so repeating an action is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+from finetune_operator import constants as c
+from finetune_operator.status import rfc3339
+
+log = logging.getLogger("finetune_operator.kube")
+
+Json = dict[str, Any]
+
+
+def load_configuration() -> kubernetes.client.Configuration:
+    """In-cluster service account first, then the kubeconfig ($KUBECONFIG or ~/.kube)."""
+    config = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=config)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=config)
+    return config
+
+
+class Kube:
+    """The API verbs the operator uses (listed for RBAC in docs/operator.md)."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+
+    @classmethod
+    def from_environment(cls) -> Kube:
+        return cls(kubernetes.client.ApiClient(load_configuration()))
+
+    # ---------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _json(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Json:
+        response = call(*args, _preload_content=False, **kwargs)
+        data = response.data
+        return json.loads(data) if data else {}
+
+    def _optional(self, call: Callable[..., Any], *args: Any) -> Json | None:
+        try:
+            return self._json(call, *args)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _verbs(self, kind: str) -> tuple[Callable[..., Any], ...]:
+        """(read, create, patch, delete) for a child kind."""
+        core = self.core
+        table = {
+            "Pod": (
+                core.read_namespaced_pod,
+                core.create_namespaced_pod,
+                core.patch_namespaced_pod,
+                core.delete_namespaced_pod,
+            ),
+            "ConfigMap": (
+                core.read_namespaced_config_map,
+                core.create_namespaced_config_map,
+                core.patch_namespaced_config_map,
+                core.delete_namespaced_config_map,
+            ),
+            "Service": (
+                core.read_namespaced_service,
+                core.create_namespaced_service,
+                core.patch_namespaced_service,
+                core.delete_namespaced_service,
+            ),
+            "PersistentVolumeClaim": (
+                core.read_namespaced_persistent_volume_claim,
+                core.create_namespaced_persistent_volume_claim,
+                core.patch_namespaced_persistent_volume_claim,
+                core.delete_namespaced_persistent_volume_claim,
+            ),
+        }
+        return table[kind]
+
+    # ------------------------------------------------------------------------------- jobs
+    def get_job(self, namespace: str, name: str) -> Json | None:
+        return self._optional(
+            self.custom.get_namespaced_custom_object,
+            c.GROUP,
+            c.VERSION,
+            namespace,
+            c.PLURAL,
+            name,
+        )
+
+    def patch_job_status(self, namespace: str, name: str, status_patch: Json) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            c.GROUP, c.VERSION, namespace, c.PLURAL, name, {"status": status_patch}
+        )
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                c.GROUP, c.VERSION, namespace, c.PLURAL, name, propagation_policy="Background"
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    # ---------------------------------------------------------------------------- children
+    def list_pods(self, namespace: str, job: str, uid: str) -> list[Json]:
+        """Pods of one job: by label on the server, and by owner uid here (authoritative)."""
+        data = self._json(
+            self.core.list_namespaced_pod, namespace, label_selector=f"{c.LABEL_JOB}={job}"
+        )
+        return [pod for pod in data.get("items") or [] if _owned_by(pod, uid)]
+
+    def get_child(self, kind: str, namespace: str, name: str) -> Json | None:
+        return self._optional(self._verbs(kind)[0], name, namespace)
+
+    def create(self, manifest: Json) -> bool:
+        """Create a child; False when it already existed (409)."""
+        kind, meta = manifest["kind"], manifest["metadata"]
+        try:
+            self._json(self._verbs(kind)[1], meta["namespace"], manifest)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    def update(self, manifest: Json) -> None:
+        """Merge the manifest's data/spec into an existing child (ConfigMap refresh)."""
+        kind, meta = manifest["kind"], manifest["metadata"]
+        patch = {key: value for key, value in manifest.items() if key in ("data", "spec")}
+        self._json(self._verbs(kind)[2], meta["name"], meta["namespace"], patch)
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        try:
+            self._json(self._verbs(kind)[3], name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    # ------------------------------------------------------------------------------ events
+    def post_event(self, job: Json, type_: str, reason: str, message: str, now: datetime) -> None:
+        meta = job.get("metadata") or {}
+        name, namespace = meta.get("name", ""), meta.get("namespace", "")
+        stamp = rfc3339(now)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name}.{secrets.token_hex(8)}", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": c.API_VERSION,
+                "kind": c.KIND,
+                "name": name,
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": c.MANAGER},
+            "reportingComponent": c.MANAGER,
+            "reportingInstance": c.MANAGER,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        self._json(self.core.create_namespaced_event, namespace, body)
+
+
+def _owned_by(obj: Json, uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)

@@ -1,0 +1,381 @@
+"""The reconciler: (job, observed children, now) -> actions + new status. No I/O here.
+
+Everything the kopf shell does follows from `reconcile`'s `Decision`: patch the status
+(first, so an interrupted cycle is recomputed from a recorded attempt), delete children,
+create/update children, post events, delete the job. Running it again on the same
+observations yields the same decision, so an operator restart never duplicates pods.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from finetune_operator import manifests as m
+from finetune_operator import status as s
+from finetune_operator.effective import effective_config_yaml
+from finetune_operator.spec import FineTuneJobSpec, RunPolicy, SpecError, validate_job
+
+INVALID_SPEC = "InvalidSpec"
+TERMINAL = (s.SUCCEEDED, s.FAILED)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What exists now: children owned by the job, and rank 0's progress if polled."""
+
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    config_map: dict[str, Any] | None = None
+    service: dict[str, Any] | None = None
+    claim: dict[str, Any] | None = None  # the checkpoint PVC (ours or spec.storage.existingClaim)
+    progress: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ChildRef:
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    status: dict[str, Any]
+    create: list[dict[str, Any]] = field(default_factory=list)
+    update: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[ChildRef] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    delete_job: bool = False
+
+
+class _Cycle:
+    """Mutable scratch state for one reconcile pass."""
+
+    def __init__(self, job: dict[str, Any], observed: Observed, now: datetime) -> None:
+        self.job = job
+        self.ref = m.JobRef.from_body(job)
+        self.observed = observed
+        self.now = now
+        self.old = copy.deepcopy(job.get("status") or {})
+        self.status: dict[str, Any] = copy.deepcopy(self.old)
+        self.decision = Decision(status=self.status)
+        self.conditions: list[dict[str, Any]] = list(self.status.get("conditions") or [])
+
+    # -- small helpers
+    @property
+    def phase(self) -> str | None:
+        return self.status.get("phase")
+
+    def cond(self, type_: str, on: bool, reason: str, message: str) -> None:
+        self.conditions = s.set_condition(self.conditions, type_, on, reason, message, self.now)
+
+    def uncond(self, type_: str, reason: str, message: str) -> None:
+        self.conditions = s.clear_condition(self.conditions, type_, reason, message, self.now)
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.decision.events.append(Event(type_, reason, message))
+
+    def delete_pod(self, pod: dict[str, Any]) -> None:
+        ref = ChildRef("Pod", s.pod_name(pod))
+        if not s.terminating(pod) and ref not in self.decision.delete:
+            self.decision.delete.append(ref)
+
+    def finish(self) -> Decision:
+        self.status["conditions"] = self.conditions
+        return self.decision
+
+
+def reconcile(
+    job: dict[str, Any], observed: Observed, now: datetime, settings: m.PodSettings
+) -> Decision:
+    """Decide what to do about one FineTuneJob. Pure: same inputs, same decision."""
+    cy = _Cycle(job, observed, now)
+    meta = job.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return Decision(status=cy.old)  # garbage collection removes the children
+
+    generation = meta.get("generation")
+    was_invalid = (
+        cy.phase == s.FAILED
+        and (s.get_condition(cy.conditions, s.FAILED) or {}).get("reason") == INVALID_SPEC
+    )
+    retry_invalid = was_invalid and cy.old.get("observedGeneration") != generation
+    if cy.phase in TERMINAL and not retry_invalid:
+        _finished(cy, _run_policy(job))
+        return cy.finish()
+
+    if generation is not None:
+        cy.status["observedGeneration"] = generation
+    try:
+        valid = validate_job(job)
+        source = f"FineTuneJob {cy.ref.namespace}/{cy.ref.name} spec.config"
+        config_yaml = effective_config_yaml(valid.config, valid.spec, source)
+    except SpecError as exc:
+        _fail(cy, INVALID_SPEC, str(exc), _run_policy(job))
+        return cy.finish()
+    if retry_invalid:  # the user fixed the spec: start over with a fresh gang
+        cy.status.pop("completionTime", None)
+        cy.uncond(s.FAILED, "SpecFixed", "The spec is valid again.")
+        cy.status["phase"] = s.PENDING
+    _active(cy, valid.spec, config_yaml, settings, fresh=retry_invalid)
+    return cy.finish()
+
+
+def _run_policy(job: dict[str, Any]) -> RunPolicy:
+    """The run policy even when the rest of the spec is invalid (defaults if it is too)."""
+    raw = (job.get("spec") or {}).get("runPolicy") or {}
+    try:
+        return RunPolicy.model_validate(raw)
+    except Exception:  # noqa: BLE001 - an invalid runPolicy falls back to the defaults
+        return RunPolicy()
+
+
+# ------------------------------------------------------------------------------- terminal
+
+
+def _finished(cy: _Cycle, policy: RunPolicy) -> None:
+    """A finished job: apply cleanPodPolicy (idempotently) and the TTL."""
+    _clean_pods(cy, policy)
+    if policy.ttl_seconds_after_finished is not None:
+        done = s.parse_time(cy.status.get("completionTime"))
+        if done is not None and cy.now >= done + timedelta(
+            seconds=policy.ttl_seconds_after_finished
+        ):
+            cy.decision.delete_job = True
+            cy.event(
+                "Normal",
+                "TTLExpired",
+                f"Deleting the job {policy.ttl_seconds_after_finished}s after it finished.",
+            )
+
+
+def _clean_pods(cy: _Cycle, policy: RunPolicy) -> None:
+    for pod in cy.observed.pods:
+        if policy.clean_pod_policy == "All" or (
+            policy.clean_pod_policy == "Running" and s.pod_phase(pod) not in TERMINAL
+        ):
+            cy.delete_pod(pod)
+
+
+def _complete(cy: _Cycle, phase: str, reason: str, message: str, policy: RunPolicy) -> None:
+    cy.status["phase"] = phase
+    cy.status["completionTime"] = s.rfc3339(cy.now)
+    cy.cond(phase, True, reason, message)
+    cy.uncond(s.RUNNING, reason, "The job has finished.")
+    cy.uncond(s.RESTARTING, reason, "The job has finished.")
+    _clean_pods(cy, policy)
+
+
+def _fail(cy: _Cycle, reason: str, message: str, policy: RunPolicy) -> None:
+    already = cy.phase == s.FAILED and (
+        (s.get_condition(cy.conditions, s.FAILED) or {}).get("message") == message
+    )
+    _complete(cy, s.FAILED, reason, message, policy)
+    if already:
+        cy.status["completionTime"] = cy.old.get("completionTime", cy.status["completionTime"])
+    else:
+        cy.event("Warning", reason, message)
+
+
+# --------------------------------------------------------------------------------- active
+
+
+def _ensure_children(cy: _Cycle, spec: FineTuneJobSpec, config_yaml: str, port: int) -> bool:
+    """Create/refresh ConfigMap, Service and PVC; False if the workers cannot start yet."""
+    obs, ref = cy.observed, cy.ref
+    wanted = m.config_map(ref, config_yaml)
+    if obs.config_map is None:
+        cy.decision.create.append(wanted)
+    elif (obs.config_map.get("data") or {}) != wanted["data"]:
+        cy.decision.update.append(wanted)
+    if obs.service is None:
+        cy.decision.create.append(m.service(ref, port))
+    if spec.storage.existing_claim is None:
+        if obs.claim is None:
+            cy.decision.create.append(m.pvc(ref, spec))
+        return True
+    if obs.claim is None:
+        message = (
+            f"PersistentVolumeClaim {spec.storage.existing_claim!r} (spec.storage.existingClaim) "
+            f"does not exist in namespace {ref.namespace}: create it or drop existingClaim."
+        )
+        if (
+            cy.phase != s.PENDING
+            or (s.get_condition(cy.conditions, s.CREATED) or {}).get("message") != message
+        ):
+            cy.event("Warning", "ClaimNotFound", message)
+        cy.status["phase"] = s.PENDING
+        cy.cond(s.CREATED, False, "ClaimNotFound", message)
+        return False
+    return True
+
+
+def _new_gang(cy: _Cycle, spec: FineTuneJobSpec, attempt: int, settings: m.PodSettings) -> None:
+    cy.status["attempt"] = attempt
+    existing = {s.pod_name(p) for p in cy.observed.pods}
+    for rank in range(spec.nodes):
+        pod = m.worker_pod(cy.ref, spec, attempt, rank, settings)
+        if pod["metadata"]["name"] not in existing:
+            cy.decision.create.append(pod)
+
+
+def _active(
+    cy: _Cycle,
+    spec: FineTuneJobSpec,
+    config_yaml: str,
+    settings: m.PodSettings,
+    fresh: bool = False,
+) -> None:
+    policy = spec.run_policy
+    cy.status.setdefault("restarts", 0)
+    if not _ensure_children(cy, spec, config_yaml, settings.progress_port):
+        return
+
+    attempt = max(
+        [int(cy.status.get("attempt") or 0)] + [s.pod_attempt(p) for p in cy.observed.pods]
+    )
+    cy.status["attempt"] = attempt
+    for pod in cy.observed.pods:  # leftovers of replaced gangs
+        if s.pod_attempt(pod) != attempt:
+            cy.delete_pod(pod)
+    current = [p for p in cy.observed.pods if s.pod_attempt(p) == attempt and not s.terminating(p)]
+
+    if policy.suspend:
+        for pod in current:
+            cy.delete_pod(pod)
+        if cy.phase != s.SUSPENDED:
+            cy.event("Normal", s.SUSPENDED, f"Job suspended: stopping {len(current)} worker(s).")
+        cy.status["phase"] = s.SUSPENDED
+        cy.cond(s.SUSPENDED, True, "Suspended", "spec.runPolicy.suspend is true.")
+        cy.uncond(s.RUNNING, "Suspended", "The job is suspended.")
+        cy.uncond(s.RESTARTING, "Suspended", "The job is suspended.")
+        cy.status.pop("startTime", None)
+        _workers(cy, [])
+        return
+
+    if cy.phase == s.SUSPENDED or attempt == 0 or fresh:
+        resumed = cy.phase == s.SUSPENDED
+        attempt += 1
+        _new_gang(cy, spec, attempt, settings)
+        cy.status["phase"] = s.CREATED
+        cy.status["startTime"] = s.rfc3339(cy.now)
+        message = f"Created {spec.nodes} worker pod(s) for attempt {attempt}."
+        cy.cond(s.CREATED, True, "GangCreated", message)
+        if resumed:
+            cy.cond(s.SUSPENDED, False, "Resumed", "spec.runPolicy.suspend is false.")
+            cy.event("Normal", "Resumed", f"Job resumed: {message}")
+        else:
+            cy.event("Normal", s.CREATED, message)
+        _workers(cy, [], created=spec.nodes)
+        return
+
+    started = s.parse_time(cy.status.get("startTime"))
+    if started is None:
+        cy.status["startTime"] = s.rfc3339(cy.now)
+    elif policy.active_deadline_seconds is not None and cy.now >= started + timedelta(
+        seconds=policy.active_deadline_seconds
+    ):
+        _workers(cy, current)
+        _fail(
+            cy,
+            "DeadlineExceeded",
+            f"The job ran longer than spec.runPolicy.activeDeadlineSeconds "
+            f"({policy.active_deadline_seconds}s).",
+            policy,
+        )
+        return
+
+    _progress(cy)
+    failed = [p for p in current if s.pod_phase(p) == s.FAILED]
+    succeeded = [p for p in current if s.pod_phase(p) == s.SUCCEEDED]
+    running = [p for p in current if s.pod_phase(p) == s.RUNNING]
+    ranks = {s.pod_rank(p) for p in current}
+    missing = [rank for rank in range(spec.nodes) if rank not in ranks]
+    lost = bool(missing) and cy.phase == s.RUNNING
+
+    if failed or lost:
+        if failed:
+            why = "; ".join(s.describe_failure(p) for p in failed)
+        else:
+            why = f"worker(s) {', '.join(map(str, missing))} of attempt {attempt} disappeared"
+        restarts = int(cy.status.get("restarts") or 0)
+        _workers(cy, current)
+        if restarts >= policy.backoff_limit:
+            _fail(
+                cy,
+                "BackoffLimitExceeded",
+                f"{why}. The gang was restarted {restarts} time(s); "
+                f"spec.runPolicy.backoffLimit is {policy.backoff_limit}.",
+                policy,
+            )
+            return
+        for pod in current:
+            cy.delete_pod(pod)
+        attempt += 1
+        cy.status["restarts"] = restarts + 1
+        cy.status["phase"] = s.RESTARTING
+        message = (
+            f"{why}. Replacing the gang: attempt {attempt} "
+            f"(restart {restarts + 1} of {policy.backoff_limit}), resuming from the newest "
+            "checkpoint."
+        )
+        cy.cond(s.RESTARTING, True, "WorkerFailed", message)
+        cy.uncond(s.RUNNING, "WorkerFailed", "A worker failed; the gang is being replaced.")
+        cy.event("Warning", s.RESTARTING, message)
+        _new_gang(cy, spec, attempt, settings)
+        _workers(cy, [], created=spec.nodes)
+        return
+
+    if len(succeeded) == spec.nodes:
+        _workers(cy, current)
+        _complete(
+            cy, s.SUCCEEDED, "AllWorkersSucceeded", f"All {spec.nodes} worker(s) succeeded.", policy
+        )
+        progress = cy.status.get("progress")
+        if isinstance(progress, dict):  # the last poll may predate the final step
+            progress.update({"percent": 100.0, "state": "completed"})
+            progress.pop("eta", None)
+        cy.event("Normal", s.SUCCEEDED, f"Training finished: all {spec.nodes} worker(s) succeeded.")
+        return
+
+    if missing:  # the gang is still forming: (re)create absent workers
+        existing = {s.pod_name(p) for p in cy.observed.pods}
+        for rank in missing:
+            pod = m.worker_pod(cy.ref, spec, attempt, rank, settings)
+            if pod["metadata"]["name"] not in existing:
+                cy.decision.create.append(pod)
+    if missing == [] and len(running) + len(succeeded) == spec.nodes and running:
+        if cy.phase != s.RUNNING:
+            cy.event("Normal", s.RUNNING, f"All {spec.nodes} worker(s) of attempt {attempt} run.")
+        cy.status["phase"] = s.RUNNING
+        message = f"All {spec.nodes} worker(s) of attempt {attempt} are running."
+        cy.cond(s.RUNNING, True, "AllWorkersRunning", message)
+        cy.uncond(s.RESTARTING, "AllWorkersRunning", message)
+    elif cy.phase not in (s.CREATED, s.RESTARTING, s.RUNNING):
+        cy.status["phase"] = s.CREATED
+    _workers(cy, current, created=len(missing))
+
+
+def _workers(cy: _Cycle, pods: list[dict[str, Any]], created: int = 0) -> None:
+    phases = [s.pod_phase(p) for p in pods]
+    cy.status["workers"] = {
+        "active": sum(1 for p in phases if p not in TERMINAL) + created,
+        "succeeded": phases.count(s.SUCCEEDED),
+        "failed": phases.count(s.FAILED),
+    }
+
+
+def _progress(cy: _Cycle) -> None:
+    if cy.observed.progress is None:
+        return
+    progress = s.progress_status(cy.observed.progress)
+    if progress is not None:
+        cy.status["progress"] = progress

@@ -1,0 +1,385 @@
+"""The FineTuneJob spec: a pydantic model (camelCase on the wire) and its validation.
+
+`validate_job` turns a raw FineTuneJob body into a `ValidJob` (spec + parsed training
+config) or raises `SpecError`, whose message names every offending spec field (and,
+for the training config, the config field and line) and says what to do. The CRD's
+OpenAPI schema for everything but `spec.config` is generated from `FineTuneJobSpec`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from finetune_operator import constants as c
+
+_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
+
+DEFAULT_STORAGE_SIZE = "10Gi"
+
+
+def _quantity(value: Any) -> str:
+    if isinstance(value, bool):
+        raise ValueError("must be a quantity such as 4, 500m, 16Gi")
+    if isinstance(value, int | float):
+        value = str(value)
+    if not isinstance(value, str) or not _QUANTITY.match(value.strip()):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
+    return value.strip()
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "pattern": _QUANTITY.pattern,
+        }
+    ),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True
+    )
+
+
+class SecretRef(_Model):
+    """A Secret in the job's namespace holding S3 credentials."""
+
+    name: str = Field(min_length=1)
+    access_key_id_key: str = Field("AWS_ACCESS_KEY_ID", min_length=1)
+    secret_access_key_key: str = Field("AWS_SECRET_ACCESS_KEY", min_length=1)
+
+
+class S3Source(_Model):
+    """An S3 location fetched into the pod by an init container before training."""
+
+    uri: str = Field(description="s3://bucket/prefix (or s3://bucket/key for one object).")
+    endpoint: str | None = Field(None, description="S3 endpoint URL for non-AWS stores.")
+    region: str | None = None
+    secret_ref: SecretRef | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _s3(cls, value: str) -> str:
+        value = value.strip()
+        if not _S3_URI.match(value):
+            raise ValueError(f"{value!r} is not an s3://bucket/prefix URI")
+        return value.rstrip("/") if value.count("/") > 3 else value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} must be an http:// or https:// URL")
+        return value
+
+
+class Storage(_Model):
+    """The checkpoint volume, mounted at /checkpoints in every worker."""
+
+    existing_claim: str | None = Field(None, description="Use this PVC instead of creating one.")
+    size: Quantity | None = Field(None, description=f"Default {DEFAULT_STORAGE_SIZE}.")
+    storage_class_name: str | None = None
+    access_modes: (
+        list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]] | None
+    ) = Field(None, description="Default ReadWriteOnce for one node, ReadWriteMany for a gang.")
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> Storage:
+        if self.existing_claim is not None:
+            given = [
+                name
+                for name, value in (
+                    ("size", self.size),
+                    ("storageClassName", self.storage_class_name),
+                    ("accessModes", self.access_modes),
+                )
+                if value is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"existingClaim uses a PVC you made: drop {', '.join(given)} "
+                    "(they only apply to the PVC the operator creates)"
+                )
+        return self
+
+
+class Resources(_Model):
+    """Container resources of each worker. `gpus` sets nvidia.com/gpu requests and limits."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+    gpus: int | bool | None = Field(
+        None,
+        description="GPUs per worker pod: true = nprocPerNode, a number = that many "
+        "(nprocPerNode then defaults to it), false/0 = none.",
+    )
+
+    @field_validator("gpus")
+    @classmethod
+    def _non_negative(cls, value: int | bool | None) -> int | bool | None:
+        if not isinstance(value, bool) and isinstance(value, int) and value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
+
+class EnvVar(_Model):
+    """An extra environment variable for the trainer container (Kubernetes EnvVar form)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    name: str
+    value: str | None = None
+    valueFrom: dict[str, Any] | None = None  # noqa: N815 - the Kubernetes field name
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _ENV_NAME.match(value):
+            raise ValueError(f"{value!r} is not a valid environment variable name")
+        if value in c.RESERVED_ENV:
+            raise ValueError(f"{value} is set by the operator and cannot be overridden")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        if self.value is not None and self.valueFrom is not None:
+            raise ValueError(f"{self.name}: set value or valueFrom, not both")
+        return self
+
+
+class LocalObjectReference(_Model):
+    name: str = Field(min_length=1)
+
+
+def _pull_secret(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class RunPolicy(_Model):
+    """Restart, deadline and cleanup rules, as in Kubeflow's RunPolicy."""
+
+    backoff_limit: int = Field(3, ge=0, description="Gang restarts before the job fails.")
+    active_deadline_seconds: int | None = Field(None, ge=1)
+    ttl_seconds_after_finished: int | None = Field(None, ge=0)
+    suspend: bool = False
+    clean_pod_policy: Literal["None", "Running", "All"] = "Running"
+
+
+class FineTuneJobSpec(_Model):
+    """What a FineTuneJob asks for."""
+
+    config: dict[str, Any] | str = Field(
+        description="The training config (canonical or axolotl-style), inline or as YAML text."
+    )
+    image: str | None = Field(None, description="Runtime image; default: the operator's.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_secrets: list[Annotated[LocalObjectReference, BeforeValidator(_pull_secret)]] = (
+        Field(default_factory=list)
+    )
+    nodes: int = Field(1, ge=1, le=512, description="Gang size: worker pods, one per node.")
+    nproc_per_node: int | None = Field(
+        None, ge=1, le=64, description="Training processes per pod (default 1, or resources.gpus)."
+    )
+    resources: Resources = Field(default_factory=Resources)
+    storage: Storage = Field(default_factory=Storage)
+    dataset: S3Source | None = None
+    model: S3Source | None = None
+    env: list[EnvVar] = Field(default_factory=list)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = None
+    scheduler_name: str | None = None
+    service_account_name: str | None = None
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env(cls, value: list[EnvVar]) -> list[EnvVar]:
+        seen: set[str] = set()
+        for item in value:
+            if item.name in seen:
+                raise ValueError(f"{item.name} is listed twice")
+            seen.add(item.name)
+        return value
+
+    @model_validator(mode="after")
+    def _gpus_match_procs(self) -> FineTuneJobSpec:
+        gpus = self.resources.gpus
+        counted = isinstance(gpus, int) and not isinstance(gpus, bool) and gpus > 0
+        if counted and self.nproc_per_node is not None and self.nproc_per_node != gpus:
+            raise ValueError(
+                f"resources.gpus ({gpus}) and nprocPerNode ({self.nproc_per_node}) differ: "
+                "torchrun starts one process per GPU, so set them equal (or drop one)"
+            )
+        if gpus not in (None, False, 0) and (
+            c.GPU_RESOURCE in self.resources.limits or c.GPU_RESOURCE in self.resources.requests
+        ):
+            raise ValueError(
+                f"set GPUs either with resources.gpus or with {c.GPU_RESOURCE} in "
+                "requests/limits, not both"
+            )
+        modes = self.storage.access_modes
+        if self.nodes > 1 and modes is not None and "ReadWriteMany" not in modes:
+            raise ValueError(
+                f"storage.accessModes {modes}: a gang of {self.nodes} nodes shares the "
+                "checkpoint volume; include ReadWriteMany (or use storage.existingClaim)"
+            )
+        return self
+
+    @property
+    def procs_per_node(self) -> int:
+        if self.nproc_per_node is not None:
+            return self.nproc_per_node
+        gpus = self.resources.gpus
+        if isinstance(gpus, int) and not isinstance(gpus, bool) and gpus > 0:
+            return gpus
+        return 1
+
+    @property
+    def gpus_per_node(self) -> int:
+        """GPUs each worker requests through resources.gpus (0 when not used)."""
+        gpus = self.resources.gpus
+        if gpus is True:
+            return self.procs_per_node
+        if gpus is None or gpus is False:
+            return 0
+        return int(gpus)
+
+
+@dataclass(frozen=True)
+class SpecIssue:
+    field: str
+    message: str
+
+    def render(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class SpecError(Exception):
+    """The FineTuneJob cannot run as written. `issues` names every offending field."""
+
+    def __init__(self, issues: list[SpecIssue], text: str | None = None) -> None:
+        self.issues = issues
+        if text is not None:
+            pass  # already located (the runtime's ConfigError names file:line and field)
+        elif len(issues) == 1:
+            text = issues[0].render()
+        else:
+            text = f"{len(issues)} problems in the FineTuneJob:\n" + "\n".join(
+                f"  - {issue.render()}" for issue in issues
+            )
+        super().__init__(text + "\nFix the FineTuneJob and apply it again.")
+
+
+def _loc(loc: tuple[str | int, ...]) -> str:
+    out = "spec"
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "literal[", "list[", "dict[", "str", "int", "bool")):
+            continue  # pydantic's union-member tags say nothing to a user
+        else:
+            out += f".{part}"
+    return out
+
+
+def _spec_issues(exc: ValidationError) -> list[SpecIssue]:
+    issues = []
+    for err in exc.errors(include_url=False):
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling; fields are camelCase)"
+        elif err["type"] == "missing":
+            message = "is required"
+        elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
+            shown = repr(err["input"])
+            message += f" (got {shown[:60]})"
+        issues.append(SpecIssue(_loc(err["loc"]), message))
+    return issues
+
+
+@dataclass(frozen=True)
+class ValidJob:
+    """A FineTuneJob that passed validation: its spec and its training config."""
+
+    spec: FineTuneJobSpec
+    config: Any  # finetune_runtime.config.FineTuneConfig
+
+
+def parse_spec(raw: Any) -> FineTuneJobSpec:
+    """Validate `spec` only (not the training config inside it)."""
+    if not isinstance(raw, dict):
+        raise SpecError([SpecIssue("spec", "is required: a mapping with at least `config`")])
+    try:
+        return FineTuneJobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(_spec_issues(exc)) from None
+
+
+def check_name(name: str, nodes: int) -> list[SpecIssue]:
+    """The job name becomes a Service name and part of pod hostnames (DNS labels)."""
+    hostname = f"{name}-worker-{max(nodes - 1, 0)}"
+    if not _DNS_LABEL.match(name):
+        return [
+            SpecIssue(
+                "metadata.name",
+                f"{name!r} must be a DNS label (lowercase letters, digits, '-', starting with "
+                "a letter): it names the job's headless Service",
+            )
+        ]
+    if len(hostname) > c.MAX_LABEL:
+        limit = c.MAX_LABEL - (len(hostname) - len(name))
+        return [
+            SpecIssue(
+                "metadata.name",
+                f"{name!r} is too long: worker hostnames like {hostname!r} must fit in "
+                f"{c.MAX_LABEL} characters; use at most {limit} characters",
+            )
+        ]
+    return []
+
+
+def validate_job(body: dict[str, Any]) -> ValidJob:
+    """Validate a whole FineTuneJob body: name, spec and training config."""
+    from finetune_runtime.config import parse_config
+    from finetune_runtime.errors import ConfigError
+
+    meta = body.get("metadata") or {}
+    name, namespace = meta.get("name", ""), meta.get("namespace", "")
+    spec = parse_spec(body.get("spec"))
+    issues = check_name(name, spec.nodes)
+    if issues:
+        raise SpecError(issues)
+    source = f"FineTuneJob {namespace}/{name} spec.config"
+    try:
+        config = parse_config(spec.config, source=source)
+    except ConfigError as exc:
+        issues = [
+            SpecIssue(f"spec.config.{i.field}" if i.field else "spec.config", i.message)
+            for i in exc.issues
+        ]
+        raise SpecError(issues, text=str(exc)) from None
+    return ValidJob(spec=spec, config=config)

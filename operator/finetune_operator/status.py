@@ -1,0 +1,186 @@
+"""Pure helpers for FineTuneJob status: timestamps, conditions, pod facts, progress."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from finetune_operator import constants as c
+from finetune_runtime.progress import ProgressDocument, format_eta
+
+PENDING = "Pending"
+CREATED = "Created"
+RUNNING = "Running"
+RESTARTING = "Restarting"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+SUSPENDED = "Suspended"
+PHASES = (PENDING, CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
+CONDITION_TYPES = (CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
+
+
+def rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def get_condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    return next((cond for cond in conditions if cond.get("type") == type_), None)
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Return conditions with `type_` set; lastTransitionTime moves only when status flips."""
+    value = "True" if status else "False"
+    old = get_condition(conditions, type_)
+    changed = old is None or old.get("status") != value
+    new = {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": rfc3339(now) if changed else old.get("lastTransitionTime"),  # type: ignore[union-attr]
+    }
+    out = [cond for cond in conditions if cond.get("type") != type_]
+    out.append(new)
+    return sorted(out, key=lambda cond: _condition_order(cond.get("type")))
+
+
+def _condition_order(type_: Any) -> int:
+    return CONDITION_TYPES.index(type_) if type_ in CONDITION_TYPES else len(CONDITION_TYPES)
+
+
+def clear_condition(
+    conditions: list[dict[str, Any]], type_: str, reason: str, message: str, now: datetime
+) -> list[dict[str, Any]]:
+    """Set an existing condition to False; absent conditions stay absent."""
+    if get_condition(conditions, type_) is None:
+        return conditions
+    return set_condition(conditions, type_, False, reason, message, now)
+
+
+# ------------------------------------------------------------------------------- pod facts
+
+
+def pod_attempt(pod: dict[str, Any]) -> int:
+    try:
+        return int(((pod.get("metadata") or {}).get("labels") or {}).get(c.LABEL_ATTEMPT, 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def pod_rank(pod: dict[str, Any]) -> int:
+    try:
+        return int(((pod.get("metadata") or {}).get("labels") or {}).get(c.LABEL_RANK, -1))
+    except (TypeError, ValueError):
+        return -1
+
+
+def pod_name(pod: dict[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("name", ""))
+
+
+def terminating(pod: dict[str, Any]) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def pod_phase(pod: dict[str, Any]) -> str:
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def describe_failure(pod: dict[str, Any]) -> str:
+    """Why a worker failed, from its container statuses: exit code, reason, message."""
+    status = pod.get("status") or {}
+    parts = []
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or {}
+        if term:
+            text = f"container {cs.get('name')} exited with code {term.get('exitCode')}"
+            if term.get("reason"):
+                text += f" ({term['reason']})"
+            parts.append(text)
+    if status.get("reason"):
+        parts.append(str(status["reason"]))
+    if status.get("message"):
+        parts.append(str(status["message"])[:200])
+    return f"worker {pod_name(pod)} failed" + (": " + "; ".join(parts) if parts else "")
+
+
+def pod_env(pod: dict[str, Any], name: str) -> str | None:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if container.get("name") != c.TRAINER_CONTAINER:
+            continue
+        for item in container.get("env") or []:
+            if item.get("name") == name and "value" in item:
+                return str(item["value"])
+    return None
+
+
+def progress_url(pods: list[dict[str, Any]], attempt: int) -> str | None:
+    """Rank 0's progress endpoint for `attempt`, if that pod is running and has an IP."""
+    from finetune_runtime.progress import PROGRESS_PATH
+
+    for pod in pods:
+        if pod_attempt(pod) != attempt or pod_rank(pod) != 0 or terminating(pod):
+            continue
+        ip = (pod.get("status") or {}).get("podIP")
+        port = pod_env(pod, "FINETUNE_PROGRESS_PORT")
+        if pod_phase(pod) == RUNNING and ip and port:
+            host = f"[{ip}]" if ":" in ip else ip
+            return f"http://{host}:{port}{PROGRESS_PATH}"
+    return None
+
+
+# -------------------------------------------------------------------------------- progress
+
+
+def _finite(value: float | None, digits: int) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), digits)
+
+
+def progress_status(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """Map rank 0's ProgressDocument JSON to `status.progress` (None if it is not one)."""
+    try:
+        doc = ProgressDocument.model_validate(raw)
+    except ValidationError:
+        return None
+    out: dict[str, Any] = {
+        "state": doc.state,
+        "step": doc.step,
+        "totalSteps": doc.total_steps,
+        "epoch": _finite(doc.epoch, 3),
+        "loss": _finite(doc.loss, 4),
+        "evalLoss": _finite(doc.eval_loss, 4),
+        "learningRate": _finite(doc.learning_rate, 10),
+        "tokensPerSecond": _finite(doc.tokens_per_second, 1),
+        "percent": _finite(max(0.0, min(100.0, doc.progress)), 1),
+        "eta": format_eta(doc.eta_seconds),
+        "updatedAt": rfc3339(doc.updated_at),
+    }
+    if doc.last_checkpoint is not None:
+        out["lastCheckpoint"] = {
+            "step": doc.last_checkpoint.step,
+            "path": doc.last_checkpoint.path,
+            "time": rfc3339(doc.last_checkpoint.time),
+        }
+    return {key: value for key, value in out.items() if value is not None}
