@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format typecheck bench crd chart e2e-kind clean
+.PHONY: install demo test test-fast lint format typecheck bench crd chart images e2e-kind clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,18 @@ typecheck: $(STAMP)
 ## Regenerate the CRD from the runtime config schema (a test fails on drift).
 crd: $(STAMP)
 	$(PY) -m finetune_operator.crd > crds/finetunejob.yaml
+
+## Copy the generated CRD into the chart (a test fails when they differ) and lint the chart
+## with the helm binary that the dev extra ships.
+chart: $(STAMP)
+	cp crds/finetunejob.yaml charts/finetune-operator/crds/finetunejob.yaml
+	"$$($(PY) tests/helm_binary.py helm)" lint --strict charts/finetune-operator
+
+## Build the operator and runtime images (needs Docker; IMAGE_TAG=dev by default).
+IMAGE_TAG ?= dev
+images:
+	docker build -f images/operator/Dockerfile -t finetune-operator:$(IMAGE_TAG) .
+	docker build -f images/runtime/Dockerfile -t finetune-runtime:$(IMAGE_TAG) .
 
 bench: $(STAMP)
 	$(PY) -m bench.run

@@ -113,3 +113,10 @@ def k8s_tools() -> Tools:
 def helm_bin(k8s_tools: Tools) -> Path:
     """Session fixture: path of the real helm binary."""
     return k8s_tools.helm
+
+
+if __name__ == "__main__":  # `python tests/helm_binary.py helm` prints the path (Makefile)
+    import sys
+
+    tools = find_tools()
+    print(getattr(tools, sys.argv[1] if len(sys.argv) > 1 else "helm"))
