@@ -66,13 +66,45 @@ def test_matches_the_crd_schema(where: str, job: dict[str, Any]) -> None:
         pytest.skip("crds/finetunejob.yaml is not generated yet (make crd)")
     crd = yaml.safe_load(CRD.read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    # A CRD schema is OpenAPI 3.0: draft-4 semantics (exclusiveMinimum is a boolean).
     schema = version["schema"]["openAPIV3Schema"]
     errors = sorted(
-        jsonschema.Draft7Validator(schema).iter_errors(job), key=lambda e: list(e.absolute_path)
+        jsonschema.Draft4Validator(schema).iter_errors(job), key=lambda e: list(e.absolute_path)
     )
     assert not errors, "\n".join(
         f"{where}: {'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
     )
+
+
+def pruned_fields(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+    """Fields the API server would silently drop (structural-schema pruning)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    found: list[str] = []
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            if props is not None and key in props:
+                found += pruned_fields(item, props[key], f"{path}.{key}")
+            elif isinstance(extra, dict):
+                found += pruned_fields(item, extra, f"{path}.{key}")
+            elif props is not None or extra is None:
+                found.append(f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            found += pruned_fields(item, schema["items"], f"{path}[{i}]")
+    return found
+
+
+@pytest.mark.parametrize(("where", "job"), JOBS, ids=[w for w, _ in JOBS])
+def test_no_field_would_be_pruned_by_the_api_server(where: str, job: dict[str, Any]) -> None:
+    if not CRD.exists():
+        pytest.skip("crds/finetunejob.yaml is not generated yet (make crd)")
+    crd = yaml.safe_load(CRD.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    spec_schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert pruned_fields(job["spec"], spec_schema, "spec") == []
 
 
 def test_production_example_is_a_multi_node_zero2_lora_on_s3() -> None:
