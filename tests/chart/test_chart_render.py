@@ -30,7 +30,7 @@ NAMESPACED_NEEDS = {
     ("finetune.dev", "finetunejobs/finalizers"): {"update"},
     ("", "pods"): {"get", "list", "watch", "create", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "delete"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "delete"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "delete"},
     ("", "events"): {"create", "patch"},
 }
@@ -125,7 +125,8 @@ def test_default_render_is_cluster_wide(render: Render) -> None:
         "ServiceAccount",
     ]
     role = one(objects, "ClusterRole")
-    assert grants(role["rules"]) == NAMESPACED_NEEDS | CRD_NEEDS | NAMESPACE_WATCH_NEEDS
+    # kopf never reads namespaces when watching cluster-wide.
+    assert grants(role["rules"]) == NAMESPACED_NEEDS | CRD_NEEDS
     assert_least_privilege(objects)
     args = container(objects)["args"]
     assert args == [
@@ -152,17 +153,20 @@ def test_namespaced_mode_uses_roles_in_each_watched_namespace(render: Render) ->
         "team-a",
         "team-b",
     ]
-    # Cluster-wide: only reading CRDs, which kopf needs to discover FineTuneJob.
-    assert grants(one(objects, "ClusterRole")["rules"]) == CRD_NEEDS
+    # Cluster-wide: only reads, of the CRD (kopf discovers FineTuneJob through it) and of
+    # namespaces (kopf matches watchNamespaces against them).
+    assert grants(one(objects, "ClusterRole")["rules"]) == CRD_NEEDS | NAMESPACE_WATCH_NEEDS
     assert_least_privilege(objects)
     args = container(objects)["args"]
     assert args[6:] == ["--namespace", "team-a", "--namespace", "team-b"]
     assert "--all-namespaces" not in args
 
 
-def test_cluster_scope_limited_to_namespaces_does_not_watch_namespaces(render: Render) -> None:
+def test_cluster_scope_limited_to_namespaces_observes_namespaces(render: Render) -> None:
     objects = render(sets=["watchNamespaces={ml}"])
-    assert grants(one(objects, "ClusterRole")["rules"]) == NAMESPACED_NEEDS | CRD_NEEDS
+    assert grants(one(objects, "ClusterRole")["rules"]) == (
+        NAMESPACED_NEEDS | CRD_NEEDS | NAMESPACE_WATCH_NEEDS
+    )
     assert container(objects)["args"][6:] == ["--namespace", "ml"]
 
 

@@ -21,8 +21,12 @@ secretKeyRef; the operator never reads them), any wildcard, and pods/exec.
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: [""]
-  resources: ["services", "configmaps", "persistentvolumeclaims"]
+  resources: ["services", "persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create", "delete"]
+# The effective-config ConfigMap is patched in place when spec.config changes.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
@@ -38,7 +42,11 @@ secretKeyRef; the operator never reads them), any wildcard, and pods/exec.
   verbs: ["get", "list", "watch"]
 {{- end }}
 
-{{/* Only when watching all namespaces: kopf follows namespaces appearing and disappearing. */}}
+{{/*
+Only with watchNamespaces: kopf lists and watches namespaces to match the names (and globs)
+against them and to notice a watched namespace created later. Cluster-wide watching
+(--all-namespaces) never reads namespaces.
+*/}}
 {{- define "finetune-operator.rbac.namespaceWatchRules" -}}
 - apiGroups: [""]
   resources: ["namespaces"]
