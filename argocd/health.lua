@@ -13,16 +13,21 @@
 
 local PROGRESSING = { Pending = true, Created = true, Running = true, Restarting = true }
 
+-- The condition of that type, preferring one with status "True".
 local function condition(status, ctype)
   if type(status.conditions) ~= "table" then
     return nil
   end
+  local found = nil
   for _, c in ipairs(status.conditions) do
     if type(c) == "table" and c.type == ctype then
-      return c
+      if c.status == "True" then
+        return c
+      end
+      found = found or c
     end
   end
-  return nil
+  return found
 end
 
 -- "reason: message" from a condition, the parts that are present.

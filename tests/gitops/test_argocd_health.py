@@ -101,6 +101,13 @@ def test_failed_is_degraded_with_the_condition_message(health: ArgoHealth) -> No
     assert result == {"status": "Degraded", "message": f"InvalidSpec: {message}"}
 
 
+def test_the_true_condition_wins_over_a_stale_one(health: ArgoHealth) -> None:
+    stale = {**cond("Failed", "InvalidSpec", "old problem"), "status": "False"}
+    current = cond("Failed", "BackoffLimitExceeded", "3 restarts")
+    result = health(job({"phase": "Failed", "conditions": [stale, current]}))
+    assert result["message"] == "BackoffLimitExceeded: 3 restarts"
+
+
 def test_failed_without_conditions_still_degraded(health: ArgoHealth) -> None:
     assert health(job({"phase": "Failed"})) == {"status": "Degraded", "message": "Failed"}
     only_reason = job({"phase": "Failed", "conditions": [cond("Failed", "BackoffLimitExceeded")]})
@@ -171,10 +178,14 @@ status_strategy = st.fixed_dictionaries(
         "attempt": st.integers(min_value=0, max_value=5),
         "conditions": st.lists(
             st.builds(
-                cond,
+                lambda ctype, reason, message, value: {
+                    **cond(ctype, reason, message),
+                    "status": value,
+                },
                 st.sampled_from(PHASES),
                 st.one_of(st.none(), st.text(max_size=20)),
                 st.one_of(st.none(), st.text(max_size=40)),
+                st.sampled_from(["True", "False"]),
             ),
             max_size=4,
         ),
@@ -217,6 +228,7 @@ def test_health_follows_the_phase_table(
     if expected == "Degraded":
         assert status is not None
         failed = [c for c in status.get("conditions", []) if c["type"] == "Failed"]
+        failed.sort(key=lambda c: c["status"] != "True")
         if failed and failed[0].get("message"):
             assert failed[0]["message"] in result["message"]
 
