@@ -1,9 +1,151 @@
-"""`finetune launch` (not wired yet: its owner replaces this module)."""
+"""`finetune launch --config FILE [-- TRAIN ARGS]`: the worker pod's entrypoint.
+
+Reads the gang position from the environment (see `finetune_runtime.launch`),
+waits for node 0 when this is another node, then runs torchrun with
+`finetune train CONFIG` as each process, forwarding SIGTERM/SIGINT so the
+trainers can checkpoint before the pod's grace period ends.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from types import FrameType
+
+from finetune_runtime.errors import LaunchError
+
+log = logging.getLogger("finetune_runtime.launch")
+
+TIMEOUT_ENV = "FINETUNE_RENDEZVOUS_TIMEOUT"
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+# Command-line overrides for the env contract: flag -> the PET_* variable it sets.
+OVERRIDES = {
+    "nnodes": "PET_NNODES",
+    "node_rank": "PET_NODE_RANK",
+    "nproc_per_node": "PET_NPROC_PER_NODE",
+    "master_addr": "PET_MASTER_ADDR",
+    "master_port": "PET_MASTER_PORT",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    subparsers.add_parser("launch", help="(not available yet)")
+    p = subparsers.add_parser(
+        "launch",
+        help="Run `finetune train` under torchrun, placed in the gang by PET_* env vars.",
+        description=(
+            "Compute torchrun arguments from PET_NNODES, PET_NODE_RANK, PET_NPROC_PER_NODE, "
+            "PET_MASTER_ADDR, PET_MASTER_PORT (or MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK/"
+            "NNODES/NODE_RANK), wait for node 0 on other nodes, then run torchrun. Arguments "
+            "after `--` go to `finetune train`."
+        ),
+    )
+    p.add_argument("--config", required=True, metavar="FILE", help="training config (YAML)")
+    p.add_argument("--nnodes", help="override PET_NNODES")
+    p.add_argument("--node-rank", help="override PET_NODE_RANK")
+    p.add_argument("--nproc-per-node", help="override PET_NPROC_PER_NODE (a number, auto, gpu)")
+    p.add_argument("--master-addr", help="override PET_MASTER_ADDR")
+    p.add_argument("--master-port", help="override PET_MASTER_PORT")
+    p.add_argument(
+        "--rendezvous-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"how long other nodes wait for node 0 (default ${TIMEOUT_ENV} or 600)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the torchrun command and exit")
+    p.add_argument("train_args", nargs="*", metavar="TRAIN_ARGS", help="after `--`: train flags")
+    p.set_defaults(func=run)
+
+
+def effective_env(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str]:
+    merged = dict(env)
+    for attr, name in OVERRIDES.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            merged[name] = str(value)
+    return merged
+
+
+def rendezvous_timeout(args: argparse.Namespace, env: Mapping[str, str]) -> float:
+    if args.rendezvous_timeout is not None:
+        return float(args.rendezvous_timeout)
+    raw = env.get(TIMEOUT_ENV)
+    if raw is None or not raw.strip():
+        from finetune_runtime.rendezvous import DEFAULT_TIMEOUT_S
+
+        return DEFAULT_TIMEOUT_S
+    try:
+        return float(raw)
+    except ValueError:
+        raise LaunchError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from finetune_runtime.launch import launch_command, resolve_plan, torchrun_args
+    from finetune_runtime.rendezvous import wait_for_master
+
+    env = effective_env(args, os.environ)
+    extra = [a for a in args.train_args if a != "--"]
+    plan = resolve_plan(env)
+    command = launch_command(torchrun_args(env, args.config, extra))
+    log.info(
+        "node %d/%d, %d process(es) per node, world size %d, master %s",
+        plan.node_rank,
+        plan.nnodes,
+        plan.nproc_per_node,
+        plan.world_size,
+        f"{plan.master_addr}:{plan.master_port}" if plan.master_addr else "local (standalone)",
+    )
+    if args.dry_run:
+        print(shlex.join(command))
+        return 0
+    if not os.path.isfile(args.config):
+        raise LaunchError(f"config file not found: {args.config}")
+    if plan.waits_for_master:
+        assert plan.master_addr is not None
+        wait_for_master(plan.master_addr, plan.master_port, rendezvous_timeout(args, env))
+    return supervise(command, env)
+
+
+def supervise(command: list[str], env: Mapping[str, str]) -> int:
+    """Run `command`, forward termination signals to it, return its exit code.
+
+    The child gets its own session so a terminal's Ctrl-C reaches it once (through
+    us), not twice. When we forwarded SIGTERM and the child then failed, the exit
+    code is 143 (128 + SIGTERM): torchrun reports a signalled shutdown as a plain
+    failure, yet the run was preempted, not broken.
+    """
+    log.info("exec: %s", shlex.join(command))
+    child = subprocess.Popen(command, env=dict(env), start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        log.warning("received %s: forwarding to torchrun", signal.Signals(signum).name)
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if child.poll() is None:  # only on an unexpected exception above
+            child.kill()
+            child.wait()
+    if code < 0:  # killed by a signal
+        code = 128 - code
+    if received and code != 0:
+        code = 128 + received[0]
+    log.info("torchrun exited with %d", code)
+    sys.stdout.flush()
+    return code
