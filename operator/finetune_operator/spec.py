@@ -59,7 +59,7 @@ Quantity = Annotated[
 
 class _Model(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True
+        extra="forbid", populate_by_name=False, alias_generator=to_camel, frozen=True
     )
 
 
@@ -173,10 +173,6 @@ class LocalObjectReference(_Model):
     name: str = Field(min_length=1)
 
 
-def _pull_secret(value: Any) -> Any:
-    return {"name": value} if isinstance(value, str) else value
-
-
 class RunPolicy(_Model):
     """Restart, deadline and cleanup rules, as in Kubeflow's RunPolicy."""
 
@@ -195,9 +191,7 @@ class FineTuneJobSpec(_Model):
     )
     image: str | None = Field(None, description="Runtime image; default: the operator's.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
-    image_pull_secrets: list[Annotated[LocalObjectReference, BeforeValidator(_pull_secret)]] = (
-        Field(default_factory=list)
-    )
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
     nodes: int = Field(1, ge=1, le=512, description="Gang size: worker pods, one per node.")
     nproc_per_node: int | None = Field(
         None, ge=1, le=64, description="Training processes per pod (default 1, or resources.gpus)."
@@ -314,6 +308,8 @@ def _spec_issues(exc: ValidationError) -> list[SpecIssue]:
             message = "unknown field (check the spelling; fields are camelCase)"
         elif err["type"] == "missing":
             message = "is required"
+        elif "env" in err["loc"]:
+            pass  # never echo environment values: they may be credentials
         elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
             shown = repr(err["input"])
             message += f" (got {shown[:60]})"
