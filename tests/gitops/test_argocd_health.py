@@ -27,6 +27,11 @@ class ArgoHealth:
     def __init__(self, runtime: str) -> None:
         lupa = importlib.import_module(f"lupa.{runtime}")
         self.lua = lupa.LuaRuntime(unpack_returned_tuples=True)
+        # Argo CD opens only the base, table, string and math libraries: hide everything else so
+        # a script that relies on it fails here too.
+        hidden = ("os", "io", "debug", "package", "require", "dofile", "loadfile", "coroutine")
+        for name in hidden:
+            self.lua.globals()[name] = None
 
     def __call__(self, obj: dict[str, Any]) -> dict[str, str]:
         self.lua.globals().obj = self.lua.table_from(obj, recursive=True)
