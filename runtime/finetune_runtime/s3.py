@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from finetune_runtime.errors import FetchError
@@ -60,6 +61,38 @@ def parse_s3_uri(uri: str) -> S3Location:
             "(3-255 letters, digits, '.', '-', '_'; expected s3://BUCKET/KEY)"
         )
     return S3Location(bucket, key)
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    key: str
+    size: int
+    etag: str  # as S3 sends it, quoted
+    last_modified: str | None = None
+
+    @property
+    def etag_value(self) -> str:
+        return self.etag.strip('"')
+
+    @property
+    def md5(self) -> str | None:
+        """The content MD5 when the ETag is one (single-part, not SSE-KMS/SSE-C)."""
+        value = self.etag_value.lower()
+        if len(value) == 32 and all(c in "0123456789abcdef" for c in value):
+            return value
+        return None
+
+    @classmethod
+    def from_head(cls, key: str, head: dict[str, Any]) -> RemoteObject:
+        return cls(key, int(head["ContentLength"]), head["ETag"], _iso(head.get("LastModified")))
+
+    @classmethod
+    def from_listing(cls, item: dict[str, Any]) -> RemoteObject:
+        return cls(item["Key"], int(item["Size"]), item["ETag"], _iso(item.get("LastModified")))
+
+
+def _iso(value: object) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else None
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,13 @@ def test_single_object_into_file_and_into_directory(
         transfer=FAST,
     )
     assert path == tmp_path / "dir" / "train.jsonl" and path.read_bytes() == body
-    assert s3_proxy.get_objects("data/train.jsonl") == 2
+    path = fetch(
+        f"s3://{s3_bucket}/data/train.jsonl",
+        f"{tmp_path}/new-dir/",  # a trailing slash means "into this directory"
+        options=opts(s3_proxy),
+    )
+    assert path == tmp_path / "new-dir" / "train.jsonl" and path.read_bytes() == body
+    assert s3_proxy.get_objects("data/train.jsonl") == 3
     assert leftovers(tmp_path) == []
 
 
