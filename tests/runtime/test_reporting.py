@@ -11,6 +11,8 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -245,6 +247,39 @@ def test_document_is_a_snapshot_and_updates_are_thread_safe() -> None:
     assert snapshot.step == 0  # earlier snapshots are unaffected
     assert r.tokens_total == 3 * 1500
     assert sample(r, "finetune_tokens_total") == 3 * 1500
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    total=st.integers(min_value=0, max_value=500),
+    steps=st.lists(
+        st.tuples(
+            st.floats(min_value=0.0, max_value=100.0),  # seconds the step took
+            st.integers(min_value=0, max_value=10_000),  # tokens
+            st.integers(min_value=-3, max_value=3),  # step increment (<= 0: a restart)
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_any_step_sequence_yields_a_sane_document(
+    total: int, steps: list[tuple[float, int, int]]
+) -> None:
+    r, clock = make(total, window=5)
+    r.set_state("training")
+    n, tokens_sum = 0, 0
+    for seconds, tokens, inc in steps:
+        clock.advance(seconds)
+        n = max(1, n + inc)
+        tokens_sum += tokens
+        r.on_step(n, epoch=0.5, loss=1.0, learning_rate=1e-4, tokens=tokens)
+        doc = r.document()
+        assert 0.0 <= doc.progress <= 100.0
+        assert doc.eta_seconds is None or doc.eta_seconds >= 0.0
+        assert doc.tokens_per_second is None or doc.tokens_per_second >= 0.0
+        json.dumps(doc.to_json_dict(), allow_nan=False)
+    assert r.tokens_total == tokens_sum
+    assert sample(r, "finetune_tokens_total") == tokens_sum
 
 
 def test_reporters_use_private_registries() -> None:
