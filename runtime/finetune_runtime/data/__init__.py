@@ -1,0 +1,60 @@
+"""Datasets: read JSON/JSONL, apply prompt formats and chat templates, mask prompts,
+tokenize, split, pack, and collate.
+
+The trainer needs only `build_datasets` and `make_collator` (plus
+`configure_model_for_packing` when `training.sample_packing` is on). The
+packaged example data (`alpaca_sample.jsonl`) lives in this package too.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "DataStats",
+    "DatasetBundle",
+    "DatasetStats",
+    "TokenizedDataset",
+    "build_datasets",
+    "configure_model_for_packing",
+    "make_collator",
+    "packaged_data_path",
+]
+
+if TYPE_CHECKING:
+    from finetune_runtime.data.collate import make_collator
+    from finetune_runtime.data.packing import configure_model_for_packing
+    from finetune_runtime.data.pipeline import (
+        DatasetBundle,
+        DatasetStats,
+        DataStats,
+        TokenizedDataset,
+        build_datasets,
+    )
+
+_LAZY = {
+    "make_collator": "collate",
+    "configure_model_for_packing": "packing",
+    "DatasetBundle": "pipeline",
+    "DatasetStats": "pipeline",
+    "DataStats": "pipeline",
+    "TokenizedDataset": "pipeline",
+    "build_datasets": "pipeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import torch-dependent parts on first use, so `import finetune_runtime.data` is cheap."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def packaged_data_path(name: str = "alpaca_sample.jsonl") -> Path:
+    """Absolute path of a data file shipped inside this package."""
+    return Path(str(resources.files(__name__) / name))

@@ -1,0 +1,71 @@
+"""Segments -> token ids and labels (prompt tokens masked with -100).
+
+Each segment is tokenized on its own and the pieces are concatenated, so the
+trained tokens are exactly the response's tokens (no BPE merge across the
+prompt/response boundary). BOS is prepended when the tokenizer normally adds
+one and the text does not already start with it; every example ends with EOS,
+which is trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from finetune_runtime.data.formats import Segment
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+    @property
+    def trainable(self) -> int:
+        """Tokens that contribute to the loss (label at position 0 never does: shift)."""
+        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
+
+
+class SegmentTokenizer:
+    """Tokenizes batches of segmented examples with one tokenizer."""
+
+    def __init__(self, tokenizer: Any, sequence_len: int) -> None:
+        self.tokenizer = tokenizer
+        self.sequence_len = sequence_len
+        self.bos_id: int | None = tokenizer.bos_token_id
+        self.eos_id: int | None = tokenizer.eos_token_id
+        self.bos_text: str | None = tokenizer.bos_token
+        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+        self.adds_bos = self.bos_id is not None and bool(probe) and probe[0] == self.bos_id
+
+    def encode_many(self, examples: Sequence[Sequence[Segment]]) -> list[Encoded]:
+        texts = [seg.text for example in examples for seg in example]
+        pieces = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        out: list[Encoded] = []
+        k = 0
+        for example in examples:
+            ids: list[int] = []
+            labels: list[int] = []
+            if self.adds_bos and not (example and example[0].text.startswith(self.bos_text or "")):
+                ids.append(self.bos_id)  # type: ignore[arg-type]
+                labels.append(IGNORE_INDEX)
+            for seg in example:
+                piece = pieces[k]
+                k += 1
+                ids.extend(piece)
+                labels.extend(piece if seg.train else [IGNORE_INDEX] * len(piece))
+            if self.eos_id is not None:
+                if not ids or ids[-1] != self.eos_id:
+                    ids.append(self.eos_id)
+                    labels.append(self.eos_id)
+                else:  # the template already ended with EOS: make sure it is trained
+                    labels[-1] = self.eos_id
+            truncated = len(ids) > self.sequence_len
+            if truncated:
+                ids, labels = ids[: self.sequence_len], labels[: self.sequence_len]
+            out.append(Encoded(ids, labels, truncated))
+        return out
