@@ -1,9 +1,321 @@
-"""`finetune validate` (not wired yet: its owner replaces this module)."""
+"""`finetune validate CONFIG`: check a config (and optionally its data) before training.
+
+Exit codes: 0 valid, 2 invalid config, 3 bad dataset (with --check-data), 4 the
+tokenizer needed for --check-data cannot be loaded.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from finetune_runtime.config import FineTuneConfig, parse_config_with_warnings
+from finetune_runtime.errors import ConfigError, DatasetError, FinetuneError, ModelError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    subparsers.add_parser("validate", help="(not available yet)")
+    parser = subparsers.add_parser(
+        "validate",
+        help="check a training config (and optionally its datasets)",
+        description="Validate a training config (canonical or axolotl-style). Prints every "
+        "problem with file:line and field; exits 2 when the config is invalid.",
+    )
+    parser.add_argument("config", type=Path, help="the YAML (or JSON) config file")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable result")
+    parser.add_argument(
+        "--check-data",
+        action="store_true",
+        help="also read and tokenize every dataset (needs the tokenizer locally: a builtin "
+        "model or a local model directory) to find bad rows",
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        help="number of training processes (GPUs) for the effective batch; default "
+        "$WORLD_SIZE or 1",
+    )
+    parser.set_defaults(func=run)
+
+
+@dataclass
+class Plan:
+    """Numbers derived from a valid config, for the summary."""
+
+    world_size: int
+    effective_batch: int
+    train_rows: int | None = None  # what the loader iterates per epoch, when known
+    steps_per_epoch: int | None = None
+    total_steps: int | None = None
+    rows_source: str = ""  # "rows in the files" or "after tokenizing/packing"
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(highlight=False, soft_wrap=True)
+    source = str(args.config)
+    world_size = args.world_size or int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world_size < 1:
+        raise FinetuneError("--world-size must be at least 1")
+    result: dict[str, Any] = {"config": source, "valid": False, "warnings": [], "issues": []}
+    try:
+        config, warnings = parse_config_with_warnings(_read(args.config), source=source)
+    except ConfigError as exc:
+        result["issues"] = [issue.as_dict() for issue in exc.issues]
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            _print_issues(console, exc, source)
+        return exc.exit_code
+    base_dir = args.config.resolve().parent
+    result.update(valid=True, warnings=warnings)
+    notes = _dataset_notes(config, base_dir)
+    plan = Plan(
+        world_size,
+        config.training.batch_size * config.training.gradient_accumulation_steps * world_size,
+    )
+    _estimate_from_files(config, base_dir, plan)
+    code = 0
+    stats = None
+    if args.check_data:
+        try:
+            stats = _check_data(config, base_dir)
+        except (DatasetError, ModelError) as exc:
+            code = exc.exit_code
+            result["valid"] = False
+            result["data_error"] = {
+                "message": str(exc),
+                "path": getattr(exc, "path", None),
+                "line": getattr(exc, "line", None),
+            }
+        else:
+            warnings.extend(stats.warnings)
+            _estimate(config, plan, stats.train_rows, "after tokenizing and packing")
+            result["data"] = stats.as_dict()
+    result["summary"] = _summary(config, plan, notes)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return code
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(_summary_table(config, plan, notes))
+    if stats is not None:
+        console.print(_data_table(stats))
+    if code:
+        console.print(f"[bold red]dataset error:[/] {result['data_error']['message']}")
+    else:
+        console.print(f"[bold green]✓[/] {source} is valid")
+    return code
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config is not UTF-8 text (byte {exc.start})", str(path)) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+
+
+def _print_issues(console: Console, exc: ConfigError, source: str) -> None:
+    count = len(exc.issues)
+    console.print(f"[bold red]✗[/] {source}: {count} problem{'s' if count != 1 else ''}")
+    for issue in exc.issues:
+        console.print(f"  [red]•[/] {issue.render(exc.source or source)}", markup=True)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _dataset_notes(config: FineTuneConfig, base_dir: Path) -> list[str]:
+    """Per dataset: where it is read from, or why it cannot be found yet."""
+    from finetune_runtime.data.readers import resolve_dataset_path
+
+    notes = []
+    for ds in config.datasets:
+        if ds.path.startswith("s3://"):
+            notes.append("fetched from S3 at training time")
+            continue
+        try:
+            notes.append(str(resolve_dataset_path(ds.path, base_dir)))
+        except DatasetError as exc:
+            text = str(exc)
+            prefix = f"{exc.path}: "
+            notes.append(text[len(prefix) :] if text.startswith(prefix) else text)
+    return notes
+
+
+def _estimate_from_files(config: FineTuneConfig, base_dir: Path, plan: Plan) -> None:
+    """Count rows of local datasets (no tokenizer): an estimate before packing."""
+    from finetune_runtime.data.readers import load_rows
+    from finetune_runtime.data.splits import validation_count
+
+    total = 0
+    for i, ds in enumerate(config.datasets):
+        if ds.path.startswith("s3://"):
+            return
+        try:
+            rows = len(load_rows(ds.path, base_dir))
+            total += rows - validation_count(ds.splits, rows, f"datasets[{i}]")
+        except DatasetError:
+            return
+    _estimate(config, plan, total, "rows in the files, before packing")
+
+
+def _estimate(config: FineTuneConfig, plan: Plan, rows: int, how: str) -> None:
+    t = config.training
+    micro_batches = math.ceil(rows / (t.batch_size * plan.world_size))
+    per_epoch = max(1, math.ceil(micro_batches / t.gradient_accumulation_steps))
+    total = math.ceil(per_epoch * t.epochs)
+    if t.max_steps is not None:
+        total = t.max_steps
+    plan.train_rows, plan.steps_per_epoch, plan.total_steps = rows, per_epoch, total
+    plan.rows_source = how
+
+
+def _summary(config: FineTuneConfig, plan: Plan, notes: list[str]) -> dict[str, Any]:
+    t = config.training
+    return {
+        "base_model": config.base_model,
+        "adapter": config.adapter,
+        "quantization": config.quantization.model_dump() if config.quantization else None,
+        "deepspeed": config.deepspeed,
+        "datasets": [
+            {"path": ds.path, "format": ds.format, "resolved": note}
+            for ds, note in zip(config.datasets, notes, strict=True)
+        ],
+        "world_size": plan.world_size,
+        "batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "effective_batch_size": plan.effective_batch,
+        "sequence_len": t.sequence_len,
+        "sample_packing": t.sample_packing,
+        "epochs": t.epochs,
+        "max_steps": t.max_steps,
+        "train_rows": plan.train_rows,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "total_steps": plan.total_steps,
+        "steps_estimated_from": plan.rows_source or None,
+        "output_dir": config.output_dir,
+    }
+
+
+def _summary_table(config: FineTuneConfig, plan: Plan, notes: list[str]) -> Table:
+    t = config.training
+    table = Table(title="finetune config", show_header=False, title_justify="left")
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("model", config.base_model)
+    adapter: str = config.adapter
+    if config.quantization is not None:
+        adapter += f" ({config.quantization.bits}-bit {config.quantization.type})"
+    if config.uses_lora_family:
+        adapter += f", r={config.lora.r} alpha={config.lora.alpha:g}"
+    table.add_row("adapter", adapter)
+    for i, (ds, note) in enumerate(zip(config.datasets, notes, strict=True)):
+        table.add_row(f"dataset {i}", f"{ds.path} [{ds.format}]\n  → {note}")
+    table.add_row(
+        "effective batch",
+        f"{plan.effective_batch} = {t.batch_size} (batch) × {t.gradient_accumulation_steps} "
+        f"(accumulation) × {plan.world_size} (processes)",
+    )
+    table.add_row("sequence", f"{t.sequence_len} tokens{', packed' if t.sample_packing else ''}")
+    if plan.total_steps is not None:
+        how = (
+            f"max_steps; {plan.steps_per_epoch}/epoch"
+            if t.max_steps
+            else (f"{plan.steps_per_epoch}/epoch × {t.epochs:g} epochs")
+        )
+        table.add_row(
+            "optimizer steps",
+            f"≈{plan.total_steps} ({how}; {plan.train_rows} {plan.rows_source})",
+        )
+    else:
+        table.add_row("optimizer steps", "unknown until the dataset is available")
+    if config.deepspeed:
+        table.add_row("deepspeed", str(config.deepspeed))
+    table.add_row("output", config.output_dir)
+    return table
+
+
+# --------------------------------------------------------------------------- --check-data
+
+
+def _check_data(config: FineTuneConfig, base_dir: Path) -> Any:
+    from finetune_runtime.data import build_datasets
+
+    # Libraries imported on the way (deepspeed via accelerate) print to stdout; keep
+    # stdout for our own output so `--json` stays parseable.
+    with contextlib.redirect_stdout(sys.stderr):
+        tokenizer = load_tokenizer_for_check(config, base_dir)
+        return build_datasets(config, tokenizer, base_dir=base_dir).stats
+
+
+def load_tokenizer_for_check(config: FineTuneConfig, base_dir: Path) -> Any:
+    """The tokenizer of `config`, when it is available without downloading anything."""
+    from finetune_runtime.tiny import is_builtin, resolve_builtin
+
+    name = config.tokenizer or config.base_model
+    if is_builtin(name):
+        location: str | Path = resolve_builtin(name)
+    else:
+        local = Path(name).expanduser()
+        if not local.is_absolute() and (base_dir / local).is_dir():
+            local = base_dir / local
+        if not local.is_dir():
+            raise ModelError(
+                f"--check-data needs the tokenizer of {name!r}, which is not available here "
+                "(only builtin:NAME models and local model directories are). Run it where the "
+                "model is, e.g. after `finetune fetch`, or set `tokenizer:` to a local directory."
+            )
+        location = local
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(location), trust_remote_code=config.trust_remote_code
+        )
+    except Exception as exc:  # transformers raises OSError/ValueError/... for bad dirs
+        raise ModelError(f"cannot load the tokenizer from {location}: {exc}") from exc
+    for role, token in config.special_tokens.items():
+        key = role if role.endswith("_token") else f"{role}_token"
+        tokenizer.add_special_tokens({key: token})
+    return tokenizer
+
+
+def _data_table(stats: Any) -> Table:
+    table = Table(title="datasets (tokenized)", title_justify="left")
+    for column in ("dataset", "rows", "train", "eval", "train tokens", "truncated", "dropped"):
+        if column == "dataset":
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, justify="right")
+    for ds in stats.datasets:
+        table.add_row(
+            f"{ds.path} [{ds.format}]",
+            str(ds.rows),
+            str(ds.train_examples),
+            str(ds.eval_examples),
+            str(ds.train_tokens),
+            str(ds.truncated),
+            str(ds.dropped),
+        )
+    if stats.packing_efficiency is not None:
+        table.caption = (
+            f"packed into {stats.train_rows} rows of {stats.sequence_len} tokens: "
+            f"{stats.packing_efficiency:.1%} of positions hold real tokens"
+        )
+    return table
