@@ -1,9 +1,89 @@
-"""`finetune train` (not wired yet: its owner replaces this module)."""
+"""`finetune train CONFIG`: validate, load, train (locally or as one torchrun rank)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by `train` and `run`."""
+    parser.add_argument("--output-dir", help="override output_dir from the config")
+    parser.add_argument(
+        "--max-steps", type=int, help="stop after this many optimizer steps (overrides epochs)"
+    )
+    parser.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="resume from the newest complete checkpoint in output_dir "
+        "(default: training.auto_resume)",
+    )
+
+
+def add_progress_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress-port",
+        type=int,
+        help="port of rank 0's /progress and /metrics endpoint "
+        "(default: $FINETUNE_PROGRESS_PORT or 9400; 0 picks a free port)",
+    )
+    parser.add_argument(
+        "--no-progress-server",
+        dest="progress_server",
+        action="store_false",
+        help="do not serve /progress and /metrics (local runs)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    subparsers.add_parser("train", help="(not available yet)")
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune from a config (one process, or one rank under torchrun)",
+        description="Validate CONFIG, load the model and data, and train. Resumes from the "
+        "newest complete checkpoint in output_dir unless --no-resume. Exits 143 after "
+        "checkpointing when stopped by SIGTERM/SIGINT.",
+    )
+    parser.add_argument("config", help="training config (YAML or JSON)")
+    add_run_arguments(parser)
+    add_progress_arguments(parser)
+    parser.set_defaults(func=main)
+
+
+def load_with_overrides(args: argparse.Namespace) -> Any:
+    """The config file with --output-dir applied, validated like the file itself."""
+    from finetune_runtime.config import check_safe_path, load_config
+    from finetune_runtime.errors import ConfigError
+
+    config = load_config(args.config)
+    if args.output_dir:
+        try:
+            output_dir = check_safe_path(args.output_dir)
+        except ValueError as exc:
+            raise ConfigError(f"--output-dir: {exc}") from None
+        config = config.model_copy(update={"output_dir": output_dir})
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ConfigError("--max-steps must be at least 1")
+    return config
+
+
+def train_options(args: argparse.Namespace, base_dir: Path | None) -> Any:
+    from finetune_runtime.train.loop import TrainOptions
+
+    return TrainOptions(
+        base_dir=base_dir,
+        max_steps=args.max_steps,
+        resume=args.resume,
+        serve_progress=getattr(args, "progress_server", False),
+        progress_port=getattr(args, "progress_port", None),
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from finetune_runtime.train.loop import train
+    from finetune_runtime.train.signals import EXIT_PREEMPTED
+
+    config = load_with_overrides(args)
+    result = train(config, train_options(args, Path(args.config).resolve().parent))
+    return EXIT_PREEMPTED if result.stopped else 0

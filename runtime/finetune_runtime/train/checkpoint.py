@@ -1,0 +1,253 @@
+"""Checkpoints in `output_dir/checkpoint-<step>/`: atomic, complete or absent.
+
+Layout of one checkpoint (the backend adds its own files):
+
+    checkpoint-40/
+      adapter/ or model/      weights as safetensors (+ tokenizer): usable by `finetune merge`
+      trainable.safetensors   ┐
+      optimizer.pt            │ LocalBackend/DDPBackend training state
+      scheduler.pt            │ (DeepSpeed writes its own layout instead)
+      client_state.pt         ┘ the loop's counters: step, epoch, batch index, losses
+      rng-rank<N>.pt          each rank's RNG streams (python, numpy, torch, cuda)
+      config.yaml             the config that produced it
+      trainer_state.json      human-readable summary
+      COMPLETE                written last; a directory without it is ignored
+
+Writing: rank 0 creates `checkpoint-<step>.tmp-<token>`, every rank writes into
+it, rank 0 fsyncs everything, writes COMPLETE, renames it into place and fsyncs
+the parent. A crash at any point leaves either the old set of checkpoints or
+the new complete one, never a half-written `checkpoint-<step>`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finetune_runtime.errors import CheckpointError
+from finetune_runtime.train.backend import Backend
+
+log = logging.getLogger(__name__)
+
+PREFIX = "checkpoint-"
+COMPLETE = "COMPLETE"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+_TMP = re.compile(r"^checkpoint-\d+\.tmp-")
+
+
+@dataclass(frozen=True, order=True)
+class CheckpointRef:
+    step: int
+    path: Path
+
+
+def is_complete(path: Path) -> bool:
+    return (path / COMPLETE).is_file()
+
+
+def list_checkpoints(output_dir: Path, *, warn: bool = False) -> list[CheckpointRef]:
+    """Complete checkpoints in `output_dir`, oldest first. Incomplete ones are skipped."""
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for entry in output_dir.iterdir():
+        match = _NAME.match(entry.name)
+        if match and entry.is_dir():
+            if is_complete(entry):
+                found.append(CheckpointRef(int(match.group(1)), entry))
+            elif warn:
+                log.warning("ignoring incomplete checkpoint %s (no %s marker)", entry, COMPLETE)
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: Path) -> CheckpointRef | None:
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def resolve_resume(output_dir: Path, explicit: str | None, auto: bool) -> Path | None:
+    """The checkpoint to resume from: `explicit`, else the newest complete one if `auto`."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_absolute() and not path.exists() and (output_dir / path).exists():
+            path = output_dir / path
+        if not path.is_dir():
+            raise CheckpointError(
+                f"training.resume_from_checkpoint: {explicit!r} is not a directory; name a "
+                f"{PREFIX}<step> directory or remove the setting to resume automatically"
+            )
+        if not is_complete(path):
+            raise CheckpointError(
+                f"training.resume_from_checkpoint: {path} is incomplete (no {COMPLETE} marker: "
+                "the save was interrupted); pick an older checkpoint"
+            )
+        return path
+    if not auto:
+        return None
+    found = list_checkpoints(output_dir, warn=True)
+    return found[-1].path if found else None
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+def capture_rng() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np_state[1].copy()),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy(), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_file(rank: int) -> str:
+    return f"rng-rank{rank}.pt"
+
+
+def load_rng(ckpt_dir: Path, rank: int) -> bool:
+    """Restore this rank's RNG streams; False when the checkpoint has none for it."""
+    path = ckpt_dir / rng_file(rank)
+    if not path.is_file():
+        return False
+    restore_rng(torch.load(path, weights_only=True))
+    return True
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint so that no intermediate state looks complete."""
+    doomed = path.with_name(f"{path.name}.tmp-deleting-{secrets.token_hex(3)}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+class CheckpointWriter:
+    """Saves checkpoints of one run; every method is called on every rank."""
+
+    def __init__(self, output_dir: Path, backend: Backend, save_total_limit: int | None) -> None:
+        self.output_dir = output_dir
+        self.backend = backend
+        self.save_total_limit = save_total_limit
+        self._cleaned = False
+
+    def save(
+        self,
+        step: int,
+        client_state: dict[str, Any],
+        *,
+        export: Callable[[Path], None] | None = None,
+        text_files: dict[str, str] | None = None,
+    ) -> Path:
+        """Write checkpoint-<step>; `export(dir)` runs on all ranks to add weights."""
+        backend = self.backend
+        final = self.output_dir / f"{PREFIX}{step}"
+        # All ranks must agree on the temporary name: rank 0 draws it, the sum spreads it.
+        token = int(backend.all_reduce_sum(secrets.randbelow(10**9) if backend.is_main else 0))
+        tmp = self.output_dir / f"{PREFIX}{step}.tmp-{token:09d}"
+        if backend.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            if not self._cleaned:
+                self._remove_stale_tmp()
+                self._cleaned = True
+            tmp.mkdir()
+        backend.barrier()
+        try:
+            torch.save(capture_rng(), tmp / rng_file(backend.rank))
+            backend.save(tmp, client_state)
+            if export is not None:
+                export(tmp)
+            backend.barrier()
+            if backend.is_main:
+                for name, text in (text_files or {}).items():
+                    (tmp / name).write_text(text, encoding="utf-8")
+                _fsync_tree(tmp)
+                (tmp / COMPLETE).write_text(json.dumps({"step": step}) + "\n")
+                _fsync_tree(tmp)
+                if final.exists():  # an older attempt's copy of this very step
+                    _remove(final)
+                os.replace(tmp, final)
+                _fsync_dir(self.output_dir)
+                self._rotate()
+        except BaseException:
+            if backend.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        backend.barrier()
+        return final
+
+    def _remove_stale_tmp(self) -> None:
+        for entry in self.output_dir.iterdir():
+            if _TMP.match(entry.name) and entry.is_dir():
+                log.info("removing leftover partial checkpoint %s", entry)
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _rotate(self) -> None:
+        if not self.save_total_limit:
+            return
+        complete = list_checkpoints(self.output_dir)
+        for old in complete[: max(0, len(complete) - self.save_total_limit)]:
+            log.info(
+                "removing old checkpoint %s (save_total_limit=%d)", old.path, self.save_total_limit
+            )
+            _remove(old.path)
+
+
+def read_client_state(ckpt_dir: Path) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json (for tools; resuming uses the backend's state)."""
+    try:
+        return json.loads((ckpt_dir / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{ckpt_dir}: cannot read trainer_state.json: {exc}") from exc
