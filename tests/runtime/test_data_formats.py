@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from finetune_runtime.config import parse_config
 from finetune_runtime.data import build_datasets
@@ -339,3 +341,103 @@ def test_template_that_rejects_the_conversation_names_the_row(tiny_tokenizer, tm
         build(tiny_tokenizer, {"path": str(path), "format": "sharegpt", "chat_template": "llama2"})
     assert info.value.line == 2
     assert "roles must alternate" in str(info.value)
+
+
+# --------------------------------------------------------------------------- SentencePiece style
+
+
+@pytest.fixture(scope="module")
+def metaspace_tokenizer() -> Any:
+    """A Llama-2/Mistral-style tokenizer (Metaspace '▁' word boundaries, prepended to every
+    input), trained on the fly on the packaged sample and the alpaca template."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from finetune_runtime.data import packaged_data_path
+
+    corpus = [ALPACA_PREAMBLE_INPUT, ALPACA_PREAMBLE_NO_INPUT, "### Instruction:\n### Response:\n"]
+    for line in packaged_data_path().read_text(encoding="utf-8").splitlines():
+        corpus.extend(v for v in json.loads(line).values() if isinstance(v, str))
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", "<pad>"], show_progress=False
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
+
+
+def test_sentencepiece_style_segments_get_no_spurious_space(metaspace_tokenizer):
+    tok = metaspace_tokenizer
+    alone = tok("2 plus", add_special_tokens=False)["input_ids"]
+    after = tok("Response:\n2 plus", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(alone)[0].startswith("▁")  # the problem being solved
+    assert not tok.convert_ids_to_tokens(after[-len(alone) :])[0].startswith("▁")
+
+    bundle = build(tok, {"path": "alpaca.jsonl", "format": "alpaca"})
+    first = bundle.train[0]
+    prompt = (
+        f"{ALPACA_PREAMBLE_INPUT}\n\n### Instruction:\nAdd the two numbers.\n\n"
+        "### Input:\n2 and 3\n\n### Response:\n"
+    )
+    # the whole example tokenizes exactly like the joint text: no '▁' at the boundary
+    assert first["input_ids"] == tok(prompt + "2 plus 3 is 5.")["input_ids"] + [tok.eos_token_id]
+    assert trained_spans(tok, first) == ["2 plus 3 is 5.</s>"]
+
+
+# --------------------------------------------------------------------------- property
+
+
+_TEXT = st.text(
+    alphabet=st.sampled_from(list("abcXYZ019 .,:;!?'\"\n\t-_()[]{}") + ["é", "ß", "中", "🙂"]),
+    min_size=1,
+    max_size=30,
+).filter(lambda s: s.strip())
+
+
+@given(st.lists(st.tuples(_TEXT, _TEXT), min_size=1, max_size=3), st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_masking_property_any_content(tiny_tokenizer, exchanges, with_system):
+    """For any turn contents, the trained tokens decode to exactly each assistant turn plus its
+    end-of-turn marker (and EOS at the end), and the whole example to the rendered text."""
+    from finetune_runtime.config import DatasetSettings
+    from finetune_runtime.data.formats import FormatContext, Renderer, row_segments
+    from finetune_runtime.data.tokenize import SegmentTokenizer
+
+    messages = [{"role": "system", "content": "Sys"}] if with_system else []
+    for user, assistant in exchanges:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    renderer = Renderer.for_tokenizer(tiny_tokenizer.chat_template, "chatml", tiny_tokenizer)
+    ctx = FormatContext(DatasetSettings(path="x", format="sharegpt"), False, renderer)
+    segments = row_segments({"messages": messages}, ctx)
+    encoded = SegmentTokenizer(tiny_tokenizer, 10_000).encode_many([segments])[0]
+    example = {"input_ids": encoded.input_ids, "labels": encoded.labels}
+
+    def decode(ids: list[int]) -> str:
+        return tiny_tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+
+    expected = [f"{a}<|im_end|>\n" for _, a in exchanges]
+    expected[-1] += "</s>"
+    spans, current, previous = [], [], False
+    for token, label in zip(example["input_ids"], example["labels"], strict=True):
+        if label != -100:
+            current.append(token)
+        elif previous:
+            spans.append(current)
+            current = []
+        previous = label != -100
+    spans.append(current)
+    assert [decode(s) for s in spans] == expected
+    assert decode(example["input_ids"]) == "<s>" + renderer.render(messages, False) + "</s>"

@@ -5,6 +5,12 @@ trained tokens are exactly the response's tokens (no BPE merge across the
 prompt/response boundary). BOS is prepended when the tokenizer normally adds
 one and the text does not already start with it; every example ends with EOS,
 which is trained.
+
+SentencePiece-style tokenizers (Llama 2, Mistral) prepend a word-boundary marker
+("▁") to every input, so a response tokenized alone would start with a spurious
+space. For those, every segment after the first is tokenized behind an anchor
+("\n") whose tokens are then dropped: the segment gets the tokens it has as a
+continuation, exactly as when the model generates it after the prompt.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 from finetune_runtime.data.formats import Segment
 
 IGNORE_INDEX = -100
+ANCHOR = "\n"
 
 
 @dataclass(frozen=True)
@@ -41,10 +48,43 @@ class SegmentTokenizer:
         self.bos_text: str | None = tokenizer.bos_token
         probe = tokenizer("a", add_special_tokens=True)["input_ids"]
         self.adds_bos = self.bos_id is not None and bool(probe) and probe[0] == self.bos_id
+        self.anchor_ids: list[int] | None = None
+        if not self._continues_cleanly():
+            self.anchor_ids = self._ids([ANCHOR])[0]
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return list(self.tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else []
+
+    def _continues_cleanly(self) -> bool:
+        """Whether text tokenized alone gets the tokens it has after other text."""
+        head, tail = "Answer:\n", "Yes it is"
+        joint, alone_head, alone_tail = self._ids([head + tail, head, tail])
+        return joint == alone_head + alone_tail
+
+    def _tokenize(self, examples: Sequence[Sequence[Segment]]) -> list[list[int]]:
+        anchor = self.anchor_ids
+        texts = [
+            (ANCHOR + seg.text) if anchor is not None and j > 0 else seg.text
+            for example in examples
+            for j, seg in enumerate(example)
+        ]
+        pieces = self._ids(texts)
+        if anchor is None:
+            return pieces
+        k = 0
+        for example in examples:
+            for j in range(len(example)):
+                if j > 0:
+                    piece = pieces[k]
+                    if piece[: len(anchor)] == anchor:
+                        pieces[k] = piece[len(anchor) :]
+                    else:  # the anchor merged with the text: tokenize it alone after all
+                        pieces[k] = self._ids([example[j].text])[0]
+                k += 1
+        return pieces
 
     def encode_many(self, examples: Sequence[Sequence[Segment]]) -> list[Encoded]:
-        texts = [seg.text for example in examples for seg in example]
-        pieces = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        pieces = self._tokenize(examples)
         out: list[Encoded] = []
         k = 0
         for example in examples:
