@@ -23,19 +23,19 @@ FOREIGN_KINDS = {"ServiceMonitor"}
 NAMESPACED_MODE = ["rbac.scope=namespace", "watchNamespaces={team-a,team-b}"]
 MONITORING = ["metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom"]
 
-# The operator's API needs (operator brief + docs/operator.md): (apiGroup, resource) -> verbs.
+# The operator's API calls (recorded by test_chart_rbac_audit.py): (apiGroup, resource) -> verbs.
 NAMESPACED_NEEDS = {
-    ("finetune.dev", "finetunejobs"): {"get", "list", "watch", "patch", "update", "delete"},
-    ("finetune.dev", "finetunejobs/status"): {"get", "patch", "update"},
+    ("finetune.dev", "finetunejobs"): {"get", "list", "watch", "patch", "delete"},
+    ("finetune.dev", "finetunejobs/status"): {"patch"},
     ("finetune.dev", "finetunejobs/finalizers"): {"update"},
-    ("", "pods"): {"get", "list", "watch", "create", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "delete"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "delete"},
-    ("", "events"): {"create", "patch"},
+    ("", "pods"): {"list", "watch", "create", "delete"},
+    ("", "services"): {"get", "create"},
+    ("", "persistentvolumeclaims"): {"get", "create"},
+    ("", "configmaps"): {"get", "create", "patch"},
+    ("", "events"): {"create"},
 }
-CRD_NEEDS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
-NAMESPACE_WATCH_NEEDS = {("", "namespaces"): {"get", "list", "watch"}}
+CRD_NEEDS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+NAMESPACE_WATCH_NEEDS = {("", "namespaces"): {"list", "watch"}}
 
 
 def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:

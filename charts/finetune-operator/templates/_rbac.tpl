@@ -1,35 +1,40 @@
 {{/*
-The operator's API permissions, in one place. Keep in sync with docs/operator.md (the operator's
-own list of API calls). Deliberately absent: secrets (worker pods reference S3 credentials through
-secretKeyRef; the operator never reads them), any wildcard, and pods/exec.
+The operator's API permissions, in one place: exactly the calls the operator and kopf make
+(tests/chart/test_chart_rbac_audit.py records them from the real operator and fails on a call
+these rules deny or a grant nothing uses). Deliberately absent: secrets (worker pods reference
+S3 credentials through secretKeyRef; the operator never reads them), any wildcard, pods/exec.
 */}}
 
 {{/* Rules needed in every namespace whose FineTuneJobs the operator reconciles. */}}
 {{- define "finetune-operator.rbac.namespacedRules" -}}
+# kopf watches jobs and patches its finalizer/bookkeeping; the operator reads a job before
+# writing its status and deletes it after ttlSecondsAfterFinished.
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs"]
-  verbs: ["get", "list", "watch", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # Children carry ownerReferences with blockOwnerDeletion; clusters running the
 # OwnerReferencesPermissionEnforcement admission plugin require update on the owner's finalizers.
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs/finalizers"]
   verbs: ["update"]
+# The worker gang: watched for phase changes, replaced as a whole on failure.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["list", "watch", "create", "delete"]
+# Rendezvous Service and checkpoint PVC: created once, removed by garbage collection with the job.
 - apiGroups: [""]
   resources: ["services", "persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "create", "delete"]
-# The effective-config ConfigMap is patched in place when spec.config changes.
+  verbs: ["get", "create"]
+# The effective training config, patched in place when spec.config changes.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- with .Values.rbac.extraRules }}
 {{ toYaml . }}
 {{- end }}
@@ -39,7 +44,7 @@ secretKeyRef; the operator never reads them), any wildcard, and pods/exec.
 {{- define "finetune-operator.rbac.crdRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 {{- end }}
 
 {{/*
@@ -50,5 +55,5 @@ against them and to notice a watched namespace created later. Cluster-wide watch
 {{- define "finetune-operator.rbac.namespaceWatchRules" -}}
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 {{- end }}
