@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check_data:
         try:
             stats = _check_data(config, base_dir)
-        except (DatasetError, ModelError) as exc:
+        except FinetuneError as exc:  # DatasetError, ModelError, FetchError (S3 datasets)
             code = exc.exit_code
             result["valid"] = False
             result["data_error"] = {
