@@ -135,7 +135,7 @@ def test_default_render_is_cluster_wide(render: Render) -> None:
         "--health-port",
         "8081",
         "--default-image",
-        "finetune-runtime:0.1.0",
+        "ghcr.io/finetune-operator/finetune-runtime:0.1.0",
         "--all-namespaces",
     ]
     for obj in objects:
@@ -197,7 +197,7 @@ def test_deployment_is_a_single_hardened_standalone_operator(render: Render) -> 
     assert pod["securityContext"]["runAsUser"] in (65532, 1000)
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     main = container(objects)
-    assert main["image"] == "finetune-operator:0.1.0"
+    assert main["image"] == "ghcr.io/finetune-operator/finetune-operator:0.1.0"
     sc = main["securityContext"]
     assert sc["runAsNonRoot"] is True
     assert sc["readOnlyRootFilesystem"] is True
@@ -319,7 +319,16 @@ def test_rendered_arguments_are_accepted_by_the_operator_cli(
     parsed = main.build_parser().parse_args(args)
     assert parsed.metrics_port == 8080
     assert parsed.health_port == 8081
-    assert parsed.default_image == "finetune-runtime:0.1.0"
+    assert parsed.default_image == "ghcr.io/finetune-operator/finetune-runtime:0.1.0"
     namespaces = [args[i + 1] for i, arg in enumerate(args) if arg == "--namespace"]
     assert parsed.namespace == namespaces
     assert parsed.all_namespaces is (not namespaces)
+
+
+def test_default_runtime_image_matches_the_operators_own_default(render: Render) -> None:
+    handlers = pytest.importorskip("finetune_operator.handlers")
+    args = container(render())["args"]
+    chart_default = args[args.index("--default-image") + 1]
+    assert chart_default == handlers.OperatorConfig.default_image, (
+        "values.yaml runtimeImage and the operator's built-in default image differ"
+    )
