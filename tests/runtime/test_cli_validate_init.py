@@ -166,6 +166,16 @@ def test_check_data_finds_the_bad_row(tmp_path, capsys):
     assert (result["data_error"]["path"], result["data_error"]["line"]) == (str(data), 2)
 
 
+def test_check_data_with_a_local_model_directory(tmp_path, capsys, tiny_model_dir):
+    config = write(
+        tmp_path,
+        VALID.format(path=DATA / "alpaca.jsonl").replace("builtin:tiny-llama", str(tiny_model_dir)),
+    )
+    code, result = run_json(capsys, str(config), "--check-data")
+    assert code == 0, result
+    assert result["data"]["train_examples"] == 5
+
+
 def test_check_data_needs_a_local_tokenizer(tmp_path, capsys):
     config = write(
         tmp_path, VALID.format(path=DATA / "alpaca.jsonl").replace("builtin:tiny-llama", "org/m")

@@ -265,35 +265,29 @@ def _check_data(config: FineTuneConfig, base_dir: Path) -> Any:
 
 
 def load_tokenizer_for_check(config: FineTuneConfig, base_dir: Path) -> Any:
-    """The tokenizer of `config`, when it is available without downloading anything."""
-    from finetune_runtime.tiny import is_builtin, resolve_builtin
+    """The tokenizer training would use, when it is available without downloading anything.
+
+    Loaded by the trainer's own loader (finetune_runtime.model.load_tokenizer: pad token,
+    special_tokens), so --check-data sees exactly the tokens training will see.
+    """
+    from finetune_runtime.tiny import is_builtin
 
     name = config.tokenizer or config.base_model
-    if is_builtin(name):
-        location: str | Path = resolve_builtin(name)
-    else:
-        local = Path(name).expanduser()
-        if not local.is_absolute() and (base_dir / local).is_dir():
-            local = base_dir / local
-        if not local.is_dir():
-            raise ModelError(
-                f"--check-data needs the tokenizer of {name!r}, which is not available here "
-                "(only builtin:NAME models and local model directories are). Run it where the "
-                "model is, e.g. after `finetune fetch`, or set `tokenizer:` to a local directory."
-            )
-        location = local
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(location), trust_remote_code=config.trust_remote_code
+    local = Path(name).expanduser()
+    if not local.is_absolute():
+        local = base_dir / local
+    if not is_builtin(name) and not local.is_dir() and not Path(name).expanduser().is_dir():
+        raise ModelError(
+            f"--check-data needs the tokenizer of {name!r}, which is not available here "
+            "(only builtin:NAME models and local model directories are). Run it where the "
+            "model is, e.g. after `finetune fetch`, or set `tokenizer:` to a local directory."
         )
-    except Exception as exc:  # transformers raises OSError/ValueError/... for bad dirs
-        raise ModelError(f"cannot load the tokenizer from {location}: {exc}") from exc
-    for role, token in config.special_tokens.items():
-        key = role if role.endswith("_token") else f"{role}_token"
-        tokenizer.add_special_tokens({key: token})
-    return tokenizer
+    from finetune_runtime import model
+
+    source = config.base_model
+    if config.tokenizer is None:
+        source = model.resolve_model_source(config.base_model, base_dir)
+    return model.load_tokenizer(config, source, base_dir)
 
 
 def _data_table(stats: Any) -> Table:
