@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -176,14 +175,15 @@ def _estimate_from_files(config: FineTuneConfig, base_dir: Path, plan: Plan) -> 
 
 
 def _estimate(config: FineTuneConfig, plan: Plan, rows: int, how: str) -> None:
-    t = config.training
-    micro_batches = math.ceil(rows / (t.batch_size * plan.world_size))
-    per_epoch = max(1, math.ceil(micro_batches / t.gradient_accumulation_steps))
-    total = math.ceil(per_epoch * t.epochs)
-    if t.max_steps is not None:
-        total = t.max_steps
-    plan.train_rows, plan.steps_per_epoch, plan.total_steps = rows, per_epoch, total
-    plan.rows_source = how
+    """Steps as the trainer will plan them (finetune_runtime.train.plan: pure arithmetic)."""
+    from finetune_runtime.train.plan import make_plan
+
+    if rows < 1:
+        return
+    trainer_plan = make_plan(config.training, dataset_rows=rows, world_size=plan.world_size)
+    plan.train_rows, plan.rows_source = rows, how
+    plan.steps_per_epoch = trainer_plan.steps_per_epoch
+    plan.total_steps = trainer_plan.total_steps
 
 
 def _summary(config: FineTuneConfig, plan: Plan, notes: list[str]) -> dict[str, Any]:
