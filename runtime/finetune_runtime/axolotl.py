@@ -210,12 +210,13 @@ def normalize(raw: dict[str, Any]) -> Normalized:
 
 
 def _set(out: Normalized, loc: Loc, value: Any, written_as: Loc) -> None:
-    node = out.data
+    node: dict[str, Any] = out.data
     for part in loc[:-1]:
-        node = node.setdefault(part, {})  # type: ignore[assignment]
-        if not isinstance(node, dict):
+        child = node.setdefault(str(part), {})
+        if not isinstance(child, dict):
             return
-    node[loc[-1]] = value  # type: ignore[index]
+        node = child
+    node[str(loc[-1])] = value
     out.origins[loc] = written_as
 
 
