@@ -28,7 +28,7 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from finetune_runtime.config import DEEPSPEED_PRESETS, FineTuneConfig
 from finetune_runtime.errors import ConfigError, ConfigIssue
@@ -38,35 +38,30 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 MAX_JSON_BYTES = 1_000_000
 
-_COMMON: dict[str, Any] = {
-    "zero_optimization": {"overlap_comm": False, "contiguous_gradients": True},
+_OVERLAP = {"overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": AUTO}
+_ZERO3 = {
+    **_OVERLAP,
+    "stage": 3,
+    "stage3_prefetch_bucket_size": AUTO,
+    "stage3_param_persistence_threshold": AUTO,
+    # Needed by save_16bit_model; the loop gathers weights itself, but keep DeepSpeed's
+    # own tools (and users' habits) working.
+    "stage3_gather_16bit_weights_on_model_save": True,
 }
 
 # Presets: only what differs between them. Everything derived is filled by build().
 PRESETS: dict[str, dict[str, Any]] = {
     "zero1": {"zero_optimization": {"stage": 1}},
-    "zero2": {"zero_optimization": {"stage": 2}},
-    "zero3": {
-        "zero_optimization": {
-            "stage": 3,
-            "reduce_bucket_size": AUTO,
-            "stage3_prefetch_bucket_size": AUTO,
-            "stage3_param_persistence_threshold": AUTO,
-            "stage3_gather_16bit_weights_on_model_save": True,
-        }
-    },
+    "zero2": {"zero_optimization": {**_OVERLAP, "stage": 2}},
+    "zero3": {"zero_optimization": dict(_ZERO3)},
     "zero2_offload": {
-        "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}},
+        "zero_optimization": {**_OVERLAP, "stage": 2, "offload_optimizer": {"device": "cpu"}},
     },
     "zero3_offload": {
         "zero_optimization": {
-            "stage": 3,
+            **_ZERO3,
             "offload_optimizer": {"device": "cpu"},
             "offload_param": {"device": "cpu"},
-            "reduce_bucket_size": AUTO,
-            "stage3_prefetch_bucket_size": AUTO,
-            "stage3_param_persistence_threshold": AUTO,
-            "stage3_gather_16bit_weights_on_model_save": True,
         }
     },
 }
@@ -92,8 +87,7 @@ def load_source(
     if isinstance(value, Mapping):
         return copy.deepcopy(dict(value)), "deepspeed (inline)"
     if value in PRESETS:
-        merged = _merge(copy.deepcopy(_COMMON), copy.deepcopy(PRESETS[value]))
-        return merged, f"deepspeed preset {value!r}"
+        return copy.deepcopy(PRESETS[value]), f"deepspeed preset {value!r}"
     path = Path(value)
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
@@ -125,15 +119,6 @@ def load_source(
             f"a DeepSpeed config must be a JSON object, not {type(data).__name__}", str(path)
         )
     return data, str(path)
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            base[key] = _merge(base[key], value)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base
 
 
 def resolved_precision(config: FineTuneConfig, precision: str | None) -> str:
@@ -257,12 +242,12 @@ def _settle_precision(
     return issues
 
 
-def precision_of(ds: Mapping[str, Any]) -> str:
+def precision_of(ds: Mapping[str, Any]) -> Literal["fp32", "bf16", "fp16"]:
     """The precision a built DeepSpeed config trains in: bf16, fp16 or fp32."""
     for name in ("bf16", "fp16"):
         section = ds.get(name)
         if isinstance(section, Mapping) and section.get("enabled") is True:
-            return name
+            return "bf16" if name == "bf16" else "fp16"
     return "fp32"
 
 

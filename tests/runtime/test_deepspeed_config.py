@@ -128,6 +128,8 @@ def test_zero3_size_knobs_follow_the_hidden_size_or_deepspeed_defaults() -> None
     assert with_h["stage3_gather_16bit_weights_on_model_save"] is True
     without = build(make_config("zero3"), world_size=2)["zero_optimization"]
     assert "reduce_bucket_size" not in without  # left to DeepSpeed's default
+    zero2 = build(make_config("zero2"), world_size=2, hidden_size=64)["zero_optimization"]
+    assert zero2["reduce_bucket_size"] == 64 * 64 and zero2["overlap_comm"] is True
 
 
 def test_offload_presets_allow_the_loops_optimizer() -> None:
