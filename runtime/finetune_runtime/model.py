@@ -70,8 +70,9 @@ def resolve_model_source(name: str, base_dir: Path | None = None) -> str:
 def _hub_error(name: str, what: str, exc: Exception) -> ModelError:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub could not be reached"
+    detail = " ".join(str(exc).split())
     return ModelError(
-        f"cannot load {what} {name!r}: it is not a local directory and {why} ({exc}). "
+        f"cannot load {what} {name!r}: it is not a local directory and {why} ({detail}). "
         "Point base_model at a local model directory, an s3:// URI fetched with "
         "`finetune fetch`, or builtin:tiny-llama for a local smoke test"
     )

@@ -362,7 +362,8 @@ class DDPBackend(LocalBackend):
             device, pg_backend = torch.device("cpu"), "gloo"
         if not dist.is_initialized():
             try:
-                dist.init_process_group(backend=pg_backend)
+                # Rendezvous (MASTER_ADDR/MASTER_PORT) comes from the process environment.
+                dist.init_process_group(backend=pg_backend, rank=rank, world_size=world_size)
             except (RuntimeError, ValueError) as exc:
                 raise LaunchError(
                     f"cannot join the process group ({pg_backend}, rank {rank}/{world_size}): "

@@ -94,7 +94,15 @@ def epoch_batches(
     """Micro-batches of `epoch`, starting after the first `skip` of them."""
     sampler.set_epoch(epoch)
     indices = list(BatchSampler(sampler, batch_size, drop_last=False))[skip:]
-    return iter(DataLoader(dataset, batch_sampler=indices, collate_fn=collate))
+    return iter(
+        DataLoader(dataset, batch_sampler=indices, collate_fn=collate, generator=_private_rng())
+    )
+
+
+def _private_rng() -> torch.Generator:
+    """DataLoader draws a base seed when iterated; from the global generator that would shift
+    dropout streams whenever an iterator starts (epochs, evals, resumes). Give it its own."""
+    return torch.Generator().manual_seed(0)
 
 
 class _EvalShard(Dataset):
@@ -163,7 +171,9 @@ def evaluate(
 ) -> float:
     """Token-mean loss over the whole eval set (all ranks)."""
     shard = _EvalShard(dataset, backend.rank, backend.world_size)
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    loader = DataLoader(
+        shard, batch_size=batch_size, shuffle=False, collate_fn=collate, generator=_private_rng()
+    )
     was_training = model.training
     model.eval()
     loss_sum = 0.0
@@ -229,7 +239,6 @@ class Trainer:
         config, backend = self.config, self.backend
         training = config.training
         self.reporter.set_state("loading", "loading model and data")
-        set_seed(config.seed)
         source = models.resolve_model_source(config.base_model, self.options.base_dir)
         self.tokenizer = models.load_tokenizer(config, source, self.options.base_dir)
         self.data = build_datasets(config, self.tokenizer, base_dir=self.options.base_dir)
@@ -242,6 +251,9 @@ class Trainer:
         )
         self.reporter.set_total_steps(self.plan.total_steps)
 
+        # Seed after anything that may consume randomness unpredictably (building a builtin
+        # model on first use), right before the random parts: new embeddings, adapter init.
+        set_seed(config.seed)
         model = models.load_base_model(
             config, source, device=backend.device, precision=backend.options.precision
         )
