@@ -175,8 +175,12 @@ def _credentials_env(source: S3Source) -> list[dict[str, Any]]:
 
 
 def fetch_container(name: str, image: str, source: S3Source, dest: str) -> dict[str, Any]:
-    """An init container: `finetune fetch <uri> <dest>` into the shared data volume."""
-    command = ["finetune", "fetch", source.uri, dest]
+    """An init container: `finetune fetch <uri> <dest>/` into the shared data volume.
+
+    The trailing slash makes a single object land inside `dest` under its own name
+    (a prefix is mirrored under `dest` either way), matching effective.rewrite.
+    """
+    command = ["finetune", "fetch", source.uri, dest.rstrip("/") + "/"]
     if source.endpoint:
         command += ["--endpoint-url", source.endpoint]
     if source.region:

@@ -175,7 +175,8 @@ def progress_status(raw: dict[str, Any]) -> dict[str, Any] | None:
         "tokensPerSecond": _finite(doc.tokens_per_second, 1),
         "percent": _finite(max(0.0, min(100.0, doc.progress)), 1),
         "eta": format_eta(doc.eta_seconds),
-        "updatedAt": rfc3339(doc.updated_at),
+        # Only what rank 0 stamped: a defaulted "now" would rewrite the status every poll.
+        "updatedAt": rfc3339(doc.updated_at) if "updated_at" in doc.model_fields_set else None,
     }
     if doc.last_checkpoint is not None:
         out["lastCheckpoint"] = {

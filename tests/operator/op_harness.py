@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,10 @@ class ApiServer(kmock.KubernetesEmulator):
                 data.update(kept)
             elif has_status:
                 data.pop("status", None)
-            new = kdicts.patch_dict(old, data)
+            shaped = old_shape(old, data)
+            if shaped != old:  # RFC 7386 shape change: rewrite the stored version first
+                self._objects[key].history[-1] = shaped
+            new = kdicts.patch_dict(shaped, data)
             meta = data.setdefault("metadata", {})
             meta["resourceVersion"] = str(next(self._rv))
             if new.get("spec") != old.get("spec"):
@@ -156,6 +159,29 @@ class ApiServer(kmock.KubernetesEmulator):
                 generation = int(old["metadata"].get("generation", 1)) + 1
                 ops.append({"op": "add", "path": "/metadata/generation", "value": generation})
             data[:] = ops
+
+
+def _conform(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    """RFC 7386: a patch replaces a value of another shape (the emulator refuses to).
+
+    Where a dict meets a scalar (or the reverse), the value is blanked in place, so
+    the emulator's recursive merge then writes the patch value as a whole.
+    """
+    for key, value in patch.items():
+        if key not in target or value is None:
+            continue
+        current = target[key]
+        if isinstance(value, dict) and isinstance(current, Mapping):
+            _conform(current, value)
+        elif isinstance(value, dict) != isinstance(current, Mapping):
+            target[key] = {} if isinstance(value, dict) else None
+
+
+def old_shape(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `old` with the values the patch replaces by another shape blanked."""
+    out = copy.deepcopy(old)
+    _conform(out, patch)
+    return out
 
 
 class Cluster:
@@ -237,6 +263,46 @@ class Cluster:
         if self._thread is not None:
             self._thread.join(10)
 
+    def on_loop(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` in the apiserver's event loop thread (to read its state safely)."""
+        assert self._loop is not None
+
+        async def call() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(10)
+
+    def creations(self, kind: str, namespace: str) -> dict[str, int]:
+        """How many times each object of `kind` was created (re-creation after deletion counts)."""
+
+        def count() -> dict[str, int]:
+            assert self.server is not None
+            out: dict[str, int] = {}
+            for (resource, ns, name), obj in self.server.objects.items():
+                if resource.plural != kind or ns != namespace:
+                    continue
+                made, previous = 0, None
+                for version in obj.history:
+                    if version is not None and previous is None:
+                        made += 1
+                    previous = version
+                out[name] = made
+            return out
+
+        return dict(self.on_loop(count))
+
+    def requests_seen(self) -> list[tuple[str, str, str]]:
+        """(method, path, User-Agent) of every request the apiserver served, in order."""
+
+        def collect() -> list[tuple[str, str, str]]:
+            assert self.server is not None
+            return [
+                (str(r.method), r.url.path, r.headers.get("User-Agent", ""))
+                for r in list(self.server)
+            ]
+
+        return list(self.on_loop(collect))
+
     # ------------------------------------------------------------------------------ HTTP
     def _check(self, response: requests.Response) -> dict[str, Any]:
         if response.status_code >= 400:
@@ -312,30 +378,31 @@ class Cluster:
 
     # --------------------------------------------------------------- garbage collection
     def _collect_garbage(self) -> None:
-        while not self._gc_stop.wait(0.2):
+        while not self._gc_stop.wait(0.5):
             try:
                 self.collect_garbage_once()
             except requests.RequestException:
                 continue
 
     def collect_garbage_once(self) -> int:
-        """Delete every child whose controller owner no longer exists (by uid)."""
-        owners: dict[tuple[str, str, str], str | None] = {}
+        """Delete every child whose controlling FineTuneJob no longer exists (by uid)."""
+        live = {job["metadata"]["uid"] for job in self.items(f"{JOBS}/finetunejobs")}
         removed = 0
         for kind in self.CHILD_KINDS:
             for obj in self.items(f"api/v1/{kind}"):
                 meta = obj["metadata"]
-                for ref in meta.get("ownerReferences") or []:
-                    if ref.get("kind") != "FineTuneJob":
-                        continue
-                    key = (meta.get("namespace", ""), ref["name"], ref["uid"])
-                    if key not in owners:
-                        job = self.job(key[0], key[1])
-                        owners[key] = (job or {}).get("metadata", {}).get("uid")
-                    if owners[key] != ref["uid"]:
-                        self.delete(f"api/v1/namespaces/{key[0]}/{kind}/{meta['name']}")
-                        removed += 1
+                owners = [ref for ref in meta.get("ownerReferences") or [] if ref.get("controller")]
+                if owners and owners[0]["uid"] not in live:
+                    self.delete(f"api/v1/namespaces/{meta['namespace']}/{kind}/{meta['name']}")
+                    removed += 1
         return removed
+
+    def delete_jobs(self, namespace: str) -> None:
+        """Delete every job in a namespace and wait for its finalizer to be released."""
+        path = f"{JOBS}/namespaces/{namespace}/finetunejobs"
+        for job in self.items(path):
+            self.delete(f"{path}/{job['metadata']['name']}")
+        wait_for(lambda: self.items(path) == [], what=f"jobs in {namespace} released")
 
 
 class Kubelet:
@@ -456,7 +523,7 @@ class Operator:
             "KUBECONFIG": str(self.cluster.kubeconfig),
             "NO_PROXY": "*",
             "no_proxy": "*",
-            "FINETUNE_OPERATOR_RESYNC_SECONDS": "0.5",
+            "FINETUNE_OPERATOR_RESYNC_SECONDS": "1",
         }
         command = [
             self.executable(),
@@ -472,7 +539,7 @@ class Operator:
             "--default-image",
             "finetune-runtime:test",
             "--log-format",
-            "plain",
+            "full",
         ]
         log = self.log_path.open("ab")
         log.write(f"\n===== operator start #{self.starts} =====\n".encode())

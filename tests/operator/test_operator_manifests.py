@@ -149,13 +149,13 @@ def test_fetch_init_containers_use_secret_references_only():
         "finetune",
         "fetch",
         "s3://datasets/alpaca",
-        "/data/dataset",
+        "/data/dataset/",
         "--endpoint-url",
         "https://minio.example.com",
         "--region",
         "eu-west-1",
     ]
-    assert model["command"] == ["finetune", "fetch", "s3://models/llama-3-8b", "/data/model"]
+    assert model["command"] == ["finetune", "fetch", "s3://models/llama-3-8b", "/data/model/"]
     assert env_of(dataset) == {
         "AWS_ACCESS_KEY_ID": {"secretKeyRef": {"name": "s3", "key": "id"}},
         "AWS_SECRET_ACCESS_KEY": {"secretKeyRef": {"name": "s3", "key": "key"}},

@@ -1,0 +1,391 @@
+"""End to end: the real `finetune-operator` process against kmock's Kubernetes emulator.
+
+What is real: the operator process (kopf + the kubernetes client over HTTP), the
+emulated apiserver on 127.0.0.1 with the generated CRD, HTTP progress endpoints on
+pod IPs. What is played by the test (it cannot exist here): the kubelet and the
+scheduler (pod phases and 127.0.0.x pod IPs, see op_harness.Kubelet) and the garbage
+collector of kube-controller-manager (op_harness.Cluster.collect_garbage_once).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from op_harness import Cluster, Kubelet, Operator, wait_for
+
+pytestmark = pytest.mark.slow
+
+CONFIG = {
+    "base_model": "builtin:tiny-llama",
+    "datasets": [{"path": "train.jsonl"}],
+    "training": {"max_steps": 20},
+}
+
+
+def spec(**extra: Any) -> dict[str, Any]:
+    return {"config": CONFIG, **extra}
+
+
+def phase_is(cluster: Cluster, ns: str, name: str, phase: str):
+    return lambda: cluster.status(ns, name).get("phase") == phase
+
+
+def pods_of(cluster: Cluster, ns: str, attempt: int, count: int) -> list[dict[str, Any]]:
+    return wait_for(
+        lambda: (pods := cluster.pods(ns, attempt)) and len(pods) == count and pods,
+        what=f"{count} worker pod(s) of attempt {attempt}",
+    )
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def start_gang(cluster: Cluster, kubelet: Kubelet, ns: str, name: str, attempt: int, n: int):
+    pods = pods_of(cluster, ns, attempt, n)
+    ips = [kubelet.run(pod) for pod in pods]
+    wait_for(phase_is(cluster, ns, name, "Running"), what=f"{name} Running")
+    return pods, ips
+
+
+def reasons(cluster: Cluster, ns: str) -> list[str]:
+    events = sorted(cluster.events(ns), key=lambda e: e["metadata"]["creationTimestamp"])
+    return [e["reason"] for e in events]
+
+
+def test_happy_path_to_succeeded(cluster: Cluster, kubelet: Kubelet, operator: Operator, ns: str):
+    cluster.create_job(ns, "llama", spec(nodes=2))
+    pods = pods_of(cluster, ns, 1, 2)
+    wait_for(phase_is(cluster, ns, "llama", "Created"))
+    job = cluster.job(ns, "llama")
+    uid = job["metadata"]["uid"]
+
+    children = [
+        *pods,
+        *cluster.children("configmaps", ns),
+        *cluster.children("services", ns),
+        *cluster.children("persistentvolumeclaims", ns),
+    ]
+    assert sorted(c["kind"] for c in children) == [
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Pod",
+        "Pod",
+        "Service",
+    ]
+    for child in children:
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"]) == ("FineTuneJob", "llama", uid)
+        assert owner["controller"] is True
+        kubernetes_validate.validate(child, "1.37", strict=True)
+
+    for pod in pods:
+        kubelet.run(pod)
+    wait_for(phase_is(cluster, ns, "llama", "Running"))
+    for pod in pods:
+        kubelet.finish(pod, exit_code=0)
+    wait_for(phase_is(cluster, ns, "llama", "Succeeded"))
+
+    status = cluster.status(ns, "llama")
+    assert condition(status, "Succeeded")["status"] == "True"
+    assert condition(status, "Running")["status"] == "False"
+    assert status["workers"] == {"active": 0, "succeeded": 2, "failed": 0}
+    assert status["attempt"] == 1 and status["restarts"] == 0
+    assert status["observedGeneration"] == 1
+    assert status["completionTime"] >= status["startTime"]
+    assert reasons(cluster, ns) == ["Created", "Running", "Succeeded"]
+    assert len(cluster.pods(ns)) == 2  # cleanPodPolicy Running keeps finished pods (logs)
+    assert "finetune_operator_jobs_succeeded_total" in operator.metrics()
+
+
+def test_invalid_config_fails_and_the_operator_stays_healthy(
+    cluster: Cluster, operator: Operator, ns: str
+):
+    bad = "base_model: builtin:tiny-llama\ndatasets:\n  - path: a.jsonl\nlora:\n  r: 0\n"
+    cluster.create_job(ns, "broken", spec(config=bad))
+    wait_for(phase_is(cluster, ns, "broken", "Failed"), what="InvalidSpec")
+    failed = condition(cluster.status(ns, "broken"), "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert (
+        f"FineTuneJob {ns}/broken spec.config:5: lora.r: Input should be greater than 0"
+        in (failed["message"])
+    )
+    assert cluster.pods(ns) == [] and cluster.children("configmaps", ns) == []
+    (event,) = cluster.events(ns)
+    assert event["type"] == "Warning" and event["reason"] == "InvalidSpec"
+
+    assert operator.healthy()
+    cluster.create_job(ns, "fine", spec())
+    pods_of(cluster, ns, 1, 1)
+
+    # Fixing the spec (a new generation) retries the job.
+    cluster.patch_job(ns, "broken", {"spec": {"config": CONFIG}})
+    wait_for(phase_is(cluster, ns, "broken", "Created"), what="fixed job restarted")
+    assert cluster.status(ns, "broken")["observedGeneration"] == 2
+
+
+def test_a_failed_worker_replaces_the_gang(cluster: Cluster, kubelet: Kubelet, ns: str):
+    cluster.create_job(ns, "gang", spec(nodes=2))
+    pods, _ = start_gang(cluster, kubelet, ns, "gang", 1, 2)
+    kubelet.finish(pods[1], exit_code=137, reason="OOMKilled")
+
+    new = pods_of(cluster, ns, 2, 2)
+    wait_for(lambda: cluster.pods(ns, 1) == [], what="attempt 1 deleted")
+    status = wait_for(
+        lambda: (st := cluster.status(ns, "gang")).get("attempt") == 2 and st, what="attempt 2"
+    )
+    assert status["restarts"] == 1
+    message = condition(status, "Restarting")["message"]
+    assert "gang-a1-worker-1 failed" in message and "137 (OOMKilled)" in message
+    env = {e["name"]: e.get("value") for e in new[0]["spec"]["containers"][0]["env"]}
+    assert env["FINETUNE_ATTEMPT"] == "2"
+
+    for pod in new:
+        kubelet.run(pod)
+    wait_for(phase_is(cluster, ns, "gang", "Running"))
+    assert condition(cluster.status(ns, "gang"), "Restarting")["status"] == "False"
+    assert "Restarting" in reasons(cluster, ns)
+
+
+def test_backoff_limit_exceeded(cluster: Cluster, kubelet: Kubelet, ns: str):
+    cluster.create_job(ns, "flaky", spec(runPolicy={"backoffLimit": 1}))
+    for attempt in (1, 2):
+        (pod,) = pods_of(cluster, ns, attempt, 1)
+        kubelet.run(pod)
+        kubelet.finish(pod, exit_code=1)
+    wait_for(phase_is(cluster, ns, "flaky", "Failed"))
+    status = cluster.status(ns, "flaky")
+    assert condition(status, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert status["restarts"] == 1 and status["attempt"] == 2
+    assert cluster.pods(ns, 3) == []
+
+
+def test_suspend_and_resume(cluster: Cluster, kubelet: Kubelet, ns: str):
+    cluster.create_job(ns, "pausable", spec(nodes=2))
+    start_gang(cluster, kubelet, ns, "pausable", 1, 2)
+
+    cluster.patch_job(ns, "pausable", {"spec": {"runPolicy": {"suspend": True}}})
+    wait_for(phase_is(cluster, ns, "pausable", "Suspended"))
+    wait_for(lambda: cluster.pods(ns) == [], what="pods deleted on suspend")
+    assert condition(cluster.status(ns, "pausable"), "Suspended")["status"] == "True"
+
+    cluster.patch_job(ns, "pausable", {"spec": {"runPolicy": {"suspend": False}}})
+    start_gang(cluster, kubelet, ns, "pausable", 2, 2)
+    status = cluster.status(ns, "pausable")
+    assert status["attempt"] == 2 and status["restarts"] == 0
+    assert condition(status, "Suspended")["status"] == "False"
+
+
+def test_active_deadline(cluster: Cluster, kubelet: Kubelet, ns: str):
+    cluster.create_job(ns, "slow", spec(runPolicy={"activeDeadlineSeconds": 2}))
+    (pod,) = pods_of(cluster, ns, 1, 1)
+    kubelet.run(pod)
+    wait_for(phase_is(cluster, ns, "slow", "Failed"), what="DeadlineExceeded")
+    assert condition(cluster.status(ns, "slow"), "Failed")["reason"] == "DeadlineExceeded"
+    wait_for(lambda: cluster.pods(ns) == [], what="running worker stopped")
+
+
+def test_ttl_deletes_the_finished_job_and_its_children(cluster: Cluster, kubelet: Kubelet, ns: str):
+    cluster.create_job(ns, "shortlived", spec(runPolicy={"ttlSecondsAfterFinished": 1}))
+    pods, _ = start_gang(cluster, kubelet, ns, "shortlived", 1, 1)
+    kubelet.finish(pods[0])
+    wait_for(lambda: cluster.job(ns, "shortlived") is None, what="job deleted after its TTL")
+
+    def no_children() -> bool:
+        kinds = ("pods", "configmaps", "services", "persistentvolumeclaims")
+        return all(cluster.children(kind, ns) == [] for kind in kinds)
+
+    wait_for(no_children, what="children garbage-collected")
+    assert "TTLExpired" in reasons(cluster, ns)
+
+
+def test_operator_restart_never_duplicates_pods(
+    cluster: Cluster, kubelet: Kubelet, operator: Operator, ns: str
+):
+    cluster.create_job(ns, "durable", spec(nodes=3))
+    pods, _ = start_gang(cluster, kubelet, ns, "durable", 1, 3)
+
+    operator.kill()  # SIGKILL: no graceful shutdown
+    kubelet.finish(pods[0], exit_code=1)  # a worker fails while nobody watches
+    operator.start()
+
+    new = pods_of(cluster, ns, 2, 3)
+    for pod in new:
+        kubelet.run(pod)
+    wait_for(phase_is(cluster, ns, "durable", "Running"))
+
+    operator.stop()  # and once more, gracefully, with a healthy gang
+    operator.start()
+    wait_for(lambda: "finetune-operator ready" in operator.logs().split("start #")[-1])
+    for _ in range(3):  # several resync periods of the fresh operator
+        wait_for(lambda: cluster.status(ns, "durable").get("phase") == "Running")
+    assert all(count == 1 for count in cluster.creations("pods", ns).values())
+    assert sorted(p["metadata"]["name"] for p in cluster.pods(ns)) == [
+        "durable-a2-worker-0",
+        "durable-a2-worker-1",
+        "durable-a2-worker-2",
+    ]
+    status = cluster.status(ns, "durable")
+    assert status["restarts"] == 1 and status["attempt"] == 2
+    assert cluster.creations("configmaps", ns) == {"durable-config": 1}
+
+
+class ProgressServer:
+    """Rank 0's progress endpoint, bound to the pod IP the kubelet assigned."""
+
+    def __init__(self, ip: str, port: int) -> None:
+        self.doc: dict[str, Any] = {}
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                body = json.dumps(owner.doc).encode()
+                self.send_response(200 if self.path == "/progress" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((ip, port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextmanager
+def progress_server(ip: str, port: int) -> Iterator[ProgressServer]:
+    server = ProgressServer(ip, port)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_progress_from_rank_zero_reaches_the_status(
+    cluster: Cluster, kubelet: Kubelet, operator: Operator, ns: str
+):
+    cluster.create_job(ns, "watched", spec(nodes=2))
+    _, ips = start_gang(cluster, kubelet, ns, "watched", 1, 2)
+    doc = {
+        "state": "training",
+        "step": 42,
+        "totalSteps": 200,
+        "epoch": 0.21,
+        "loss": 2.5,
+        "learningRate": 0.0001,
+        "tokensPerSecond": 900.0,
+        "progress": 21.0,
+        "etaSeconds": 125,
+        "worldSize": 2,
+    }
+    with progress_server(ips[0], operator.progress_port) as server:
+        server.doc = doc
+        progress = wait_for(
+            lambda: (p := cluster.status(ns, "watched").get("progress")) and p["step"] == 42 and p,
+            what="status.progress from rank 0",
+        )
+        assert progress["eta"] == "2m5s" and progress["percent"] == 21.0
+        assert progress["loss"] == 2.5 and progress["totalSteps"] == 200
+
+        server.doc = {
+            **doc,
+            "step": 100,
+            "loss": 1.25,
+            "progress": 50.0,
+            "lastCheckpoint": {
+                "step": 100,
+                "path": "/checkpoints/checkpoint-100",
+                "time": "2025-01-01T00:00:00Z",
+            },
+        }
+        progress = wait_for(
+            lambda: (p := cluster.status(ns, "watched")["progress"]) and p["step"] == 100 and p,
+            what="updated progress",
+        )
+        assert progress["lastCheckpoint"]["path"] == "/checkpoints/checkpoint-100"
+        metrics = operator.metrics()
+        assert f'finetune_job_loss{{job="watched",namespace="{ns}"}} 1.25' in metrics
+        assert f'finetune_job_step{{job="watched",namespace="{ns}"}} 100.0' in metrics
+
+    # The endpoint goes away: the last progress stays and the job keeps running.
+    for _ in range(3):
+        wait_for(phase_is(cluster, ns, "watched", "Running"))
+    assert cluster.status(ns, "watched")["progress"]["step"] == 100
+    assert operator.healthy()
+
+
+def test_deleting_a_job_releases_it(cluster: Cluster, kubelet: Kubelet, ns: str):
+    cluster.create_job(ns, "gone", spec())
+    start_gang(cluster, kubelet, ns, "gone", 1, 1)
+    job = cluster.job(ns, "gone")
+    assert "finetune.dev/finalizer" in job["metadata"]["finalizers"]
+    cluster.delete_job(ns, "gone")
+    wait_for(lambda: cluster.job(ns, "gone") is None, what="finalizer released")
+    wait_for(lambda: cluster.pods(ns) == [], what="pods garbage-collected")
+
+
+def test_credentials_are_referenced_never_read(
+    cluster: Cluster, kubelet: Kubelet, operator: Operator, ns: str
+):
+    secret_values = {
+        "AWS_ACCESS_KEY_ID": "AKIAEMULATED123",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t/v4lue",
+    }
+    cluster.post(
+        f"api/v1/namespaces/{ns}/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "s3"},
+            "stringData": secret_values,
+        },
+    )
+    source = {
+        "uri": "s3://data/alpaca",
+        "endpoint": "http://minio:9000",
+        "secretRef": {"name": "s3"},
+    }
+    cluster.create_job(
+        ns,
+        "private",
+        spec(dataset=source, model={"uri": "s3://models/x", "secretRef": {"name": "s3"}}),
+    )
+    (pod,) = pods_of(cluster, ns, 1, 1)
+    kubelet.run(pod)
+    kubelet.finish(pod, exit_code=3)
+    pods_of(cluster, ns, 2, 1)
+
+    fetchers = pod["spec"]["initContainers"]
+    for container in fetchers:
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+        assert refs == {
+            "AWS_ACCESS_KEY_ID": {"name": "s3", "key": "AWS_ACCESS_KEY_ID"},
+            "AWS_SECRET_ACCESS_KEY": {"name": "s3", "key": "AWS_SECRET_ACCESS_KEY"},
+        }
+    written = json.dumps(
+        [
+            cluster.job(ns, "private"),
+            cluster.events(ns),
+            cluster.pods(ns),
+            cluster.children("configmaps", ns),
+        ]
+    )
+    for value in secret_values.values():
+        assert value not in written
+        assert value not in operator.logs()
+    operator_calls = [r for r in cluster.requests_seen() if "python-requests" not in r[2]]
+    assert operator_calls, "the operator's requests are recorded"
+    assert not [r for r in operator_calls if "/secrets" in r[1]], "the operator never reads Secrets"
