@@ -416,8 +416,15 @@ class DDPBackend(LocalBackend):
 # --------------------------------------------------------------------------- factory
 
 
-def create_backend(config: FineTuneConfig, env: Mapping[str, str] | None = None) -> Backend:
-    """DeepSpeed when `config.deepspeed` is set, DDP under torchrun (WORLD_SIZE>1), else local."""
+def create_backend(
+    config: FineTuneConfig,
+    env: Mapping[str, str] | None = None,
+    base_dir: str | Path | None = None,
+) -> Backend:
+    """DeepSpeed when `config.deepspeed` is set, DDP under torchrun (WORLD_SIZE>1), else local.
+
+    `base_dir`: the config file's directory, where a relative DeepSpeed JSON path is found.
+    """
     env = os.environ if env is None else env
     _, local_rank, world_size = distributed_env(env)
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
@@ -425,7 +432,7 @@ def create_backend(config: FineTuneConfig, env: Mapping[str, str] | None = None)
     if config.deepspeed:
         from finetune_runtime.train.deepspeed_backend import DeepSpeedBackend
 
-        backend: Backend = DeepSpeedBackend(config=config, options=options)
+        backend: Backend = DeepSpeedBackend(config=config, options=options, base_dir=base_dir)
         return backend
     if world_size > 1:
         return DDPBackend(options, env)

@@ -611,5 +611,6 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 def train(config: FineTuneConfig, options: TrainOptions | None = None) -> TrainResult:
     """Train `config` on the backend the environment calls for (local, DDP or DeepSpeed)."""
-    with closing(create_backend(config)) as backend:
+    base_dir = options.base_dir if options is not None else None
+    with closing(create_backend(config, base_dir=base_dir)) as backend:
         return Trainer(config, backend, options).run()
