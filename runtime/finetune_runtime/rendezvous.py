@@ -5,7 +5,10 @@ headless Service entry) may not exist yet and torchrun on node 0 may not yet
 listen. Starting torchrun early would fail (or burn its rendezvous timeout)
 and make the pod crash-loop; instead each worker polls, with capped exponential
 backoff, until the master's name resolves and its port accepts a TCP
-connection, and gives up with a LaunchError after `timeout` seconds.
+connection, and gives up with a LaunchError after `timeout` seconds. Node 0
+itself waits only for its own name to resolve (`resolves`): torchrun connects to
+the master address even on the master, and a headless Service's record can lag
+behind the pod by a few seconds.
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ class Probe:
     ok: bool
     stage: str  # "dns" | "connect" | "ready"
     detail: str = ""
+
+
+def resolves(host: str, port: int) -> Probe:
+    """Only the DNS stage: node 0 checks its own name before it listens on it."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return Probe(False, "dns", f"{host!r} does not resolve yet ({exc.strerror or exc})")
+    return Probe(True, "ready")
 
 
 def probe(host: str, port: int, connect_timeout: float = 2.0) -> Probe:

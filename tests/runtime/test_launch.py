@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from finetune_runtime.cli import main
-from finetune_runtime.commands.launch import supervise
+from finetune_runtime.commands.launch import check_config, supervise
 from finetune_runtime.errors import LaunchError
 from finetune_runtime.launch import launch_command, resolve_plan, torchrun_args
+
+VALID_CONFIG = "base_model: builtin:tiny-llama\ndatasets: [{path: data.jsonl}]\n"
 
 
 def no_gpu() -> int:
@@ -247,7 +249,7 @@ def test_cli_rejects_a_bad_rendezvous_timeout(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text("base_model: x\n")
+    config.write_text(VALID_CONFIG)
     monkeypatch.setenv("FINETUNE_RENDEZVOUS_TIMEOUT", "soon")
     code = main(
         [
@@ -289,7 +291,7 @@ def _run_supervisor(tmp_path: Path, child_exit: int) -> tuple[int, str]:
     script.write_text(TRAPPER)
     marker = tmp_path / "marker.txt"
     driver = (
-        "import sys; from finetune_runtime.commands.launch import supervise; "
+        "import sys; from finetune_runtime.commands.launch import check_config, supervise; "
         f"sys.exit(supervise([sys.executable, {str(script)!r}, {str(marker)!r}, "
         f"'{child_exit}'], dict(__import__('os').environ)))"
     )
@@ -326,3 +328,26 @@ def test_supervise_returns_the_child_exit_code() -> None:
 def test_a_child_killed_by_a_signal_maps_to_128_plus_signal() -> None:
     cmd = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
     assert supervise(cmd, dict(os.environ)) == 128 + signal.SIGKILL
+
+
+def test_cli_checks_the_config_once_before_starting_torchrun(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("base_model: builtin:tiny-llama\ndatasets: [{path: d.jsonl}]\nlora_r: -1\n")
+    code = main(["launch", "--config", str(config), "--nproc-per-node", "1"])
+    assert code == 2  # ConfigError
+    assert f"{config}:3: lora_r:" in capsys.readouterr().err
+
+
+def test_cli_checks_deepspeed_against_the_real_world_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "ds.json").write_text('{"train_batch_size": 4, "zero_optimization": {"stage": 2}}')
+    config = tmp_path / "c.yaml"
+    config.write_text(VALID_CONFIG + "deepspeed: ds.json\ntraining: {batch_size: 2}\n")
+    check_config(str(config), world_size=2)  # 2 ranks x micro-batch 2 = 4: consistent
+    # On 4 ranks the explicit 4 contradicts 2 x 4 = 8: refused before torchrun starts.
+    assert main(["launch", "--config", str(config), "--nproc-per-node", "4"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'ds.json'}: train_batch_size: is 4 but" in err

@@ -6,11 +6,15 @@ import logging
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from finetune_runtime.cli import main
 from finetune_runtime.errors import LaunchError
-from finetune_runtime.rendezvous import Probe, probe, wait_for_master
+from finetune_runtime.rendezvous import Probe, probe, resolves, wait_for_master
+
+VALID_CONFIG = "base_model: builtin:tiny-llama\ndatasets: [{path: data.jsonl}]\n"
 
 
 def free_port() -> int:
@@ -164,3 +168,36 @@ def test_gate_times_out_on_a_name_that_never_resolves() -> None:
 def test_timeout_must_be_positive() -> None:
     with pytest.raises(LaunchError, match="must be positive"):
         wait_for_master("127.0.0.1", 1, timeout=0)
+
+
+def test_node_zero_only_needs_its_own_name_to_resolve() -> None:
+    port = free_port()  # nothing listens: node 0 is the one about to listen
+    assert wait_for_master("127.0.0.1", port, timeout=5, probe_fn=resolves) == 1
+    assert not resolves("job-worker-0.job.invalid", port).ok
+
+
+# --------------------------------------------------------------------------- via the CLI
+
+
+def _launch_cli(tmp_path: Path, *flags: str) -> int:
+    config = tmp_path / "c.yaml"
+    config.write_text(VALID_CONFIG)
+    return main(["launch", "--config", str(config), "--rendezvous-timeout", "0.3", *flags])
+
+
+def test_cli_worker_gives_up_when_the_master_never_listens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = str(free_port())
+    flags = ("--nnodes", "2", "--node-rank", "1", "--master-addr", "127.0.0.1")
+    code = _launch_cli(tmp_path, *flags, "--master-port", port, "--nproc-per-node", "1")
+    assert code == LaunchError.exit_code
+    assert f"master 127.0.0.1:{port} not reachable after 0.3s" in capsys.readouterr().err
+
+
+def test_cli_node_zero_gives_up_when_its_name_never_resolves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ("--nnodes", "2", "--node-rank", "0", "--master-addr", "w0.job.invalid")
+    assert _launch_cli(tmp_path, *flags, "--nproc-per-node", "1") == LaunchError.exit_code
+    assert "'w0.job.invalid' does not resolve yet" in capsys.readouterr().err

@@ -90,7 +90,7 @@ def rendezvous_timeout(args: argparse.Namespace, env: Mapping[str, str]) -> floa
 
 def run(args: argparse.Namespace) -> int:
     from finetune_runtime.launch import launch_command, resolve_plan, torchrun_args
-    from finetune_runtime.rendezvous import wait_for_master
+    from finetune_runtime.rendezvous import resolves, wait_for_master
 
     env = effective_env(args, os.environ)
     extra = [a for a in args.train_args if a != "--"]
@@ -109,10 +109,31 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not os.path.isfile(args.config):
         raise LaunchError(f"config file not found: {args.config}")
-    if plan.waits_for_master:
-        assert plan.master_addr is not None
-        wait_for_master(plan.master_addr, plan.master_port, rendezvous_timeout(args, env))
+    check_config(args.config, plan.world_size)
+    if plan.master_addr is not None and plan.nnodes > 1:
+        timeout = rendezvous_timeout(args, env)
+        if plan.waits_for_master:
+            wait_for_master(plan.master_addr, plan.master_port, timeout)
+        else:
+            wait_for_master(plan.master_addr, plan.master_port, timeout, probe_fn=resolves)
     return supervise(command, env)
+
+
+def check_config(path: str, world_size: int) -> None:
+    """Fail once, here, on a bad config, rather than once per rank after torchrun starts.
+
+    The DeepSpeed settings are checked against the real world size, which only the
+    launcher knows before training starts (e.g. an explicit train_batch_size).
+    """
+    from pathlib import Path
+
+    from finetune_runtime.config import load_config
+
+    config = load_config(path)
+    if config.deepspeed is not None:
+        from finetune_runtime.deepspeed_config import build
+
+        build(config, world_size, base_dir=Path(path).resolve().parent)
 
 
 def supervise(command: list[str], env: Mapping[str, str]) -> int:
