@@ -303,6 +303,10 @@ def peft_config(config: FineTuneConfig, model: Any, total_steps: int) -> Any:
         kwargs = {"r": lora.r, "alpha": lora.alpha, "module_dropout": lora.dropout}
     elif adapter == "ia3":
         cls = peft.IA3Config
+        if targets == "all-linear":
+            # peft saves an all-linear IA3 adapter with full module paths as targets but short
+            # feed-forward names, and then refuses to load it: name the layers explicitly.
+            targets = common["target_modules"] = linear_layer_names(model)
         kwargs = {"feedforward_modules": _ia3_feedforward(model, targets)}
     elif adapter == "oft":
         cls = peft.OFTConfig
@@ -320,6 +324,17 @@ def peft_config(config: FineTuneConfig, model: Any, total_steps: int) -> Any:
         return cls(**common, **kwargs)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"lora (adapter {adapter!r}): invalid adapter settings: {exc}") from exc
+
+
+def linear_layer_names(model: Any) -> list[str]:
+    """Short names of the linear layers an 'all-linear' adapter targets (not the LM head)."""
+    output = model.get_output_embeddings()
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not output
+    }
+    return sorted(names)
 
 
 def _ia3_feedforward(model: Any, targets: list[str] | str | None) -> list[str] | None:
