@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,8 +102,11 @@ async def cleanup(memo: Any, **_: Any) -> None:
 
 
 @kopf.daemon(c.GROUP, c.VERSION, c.PLURAL, cancellation_timeout=10.0)
-async def job_loop(namespace: str, name: str, stopped: Any, memo: Any, **_: Any) -> None:
+async def job_loop(
+    namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: Any, **_: Any
+) -> None:
     """Reconcile one job until it is deleted or the operator stops."""
+    assert namespace is not None  # FineTuneJobs are namespaced
     state = _state(memo)
     key = (namespace, name)
     wake = state.wakers.setdefault(key, asyncio.Event())
@@ -125,8 +129,11 @@ async def job_loop(namespace: str, name: str, stopped: Any, memo: Any, **_: Any)
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
-async def job_changed(namespace: str, name: str, spec: Any, meta: Any, memo: Any, **_: Any) -> None:
+async def job_changed(
+    namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, memo: Any, **_: Any
+) -> None:
     """Wake the job's loop when its spec (or deletion) changed, not on our status writes."""
+    assert namespace is not None  # FineTuneJobs are namespaced
     state = _state(memo)
     payload = json.dumps([dict(spec), meta.get("deletionTimestamp")], sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()
@@ -136,6 +143,9 @@ async def job_changed(namespace: str, name: str, spec: Any, meta: Any, memo: Any
 
 
 @kopf.on.event("", "v1", "pods", labels={c.LABEL_MANAGED_BY: c.MANAGER, c.LABEL_JOB: kopf.PRESENT})
-async def pod_changed(namespace: str, labels: Any, memo: Any, **_: Any) -> None:
+async def pod_changed(
+    namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
+) -> None:
     """A worker pod changed (phase, IP, deletion): reconcile its job now."""
-    _state(memo).wake(namespace, labels[c.LABEL_JOB])
+    if namespace is not None:
+        _state(memo).wake(namespace, labels[c.LABEL_JOB])

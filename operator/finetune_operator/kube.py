@@ -61,10 +61,10 @@ class Kube:
                 return None
             raise
 
-    def _verbs(self, kind: str) -> tuple[Callable[..., Any], ...]:
+    def _verbs(self, kind: str) -> tuple[Any, ...]:
         """(read, create, patch, delete) for a child kind."""
         core = self.core
-        table = {
+        table: dict[str, tuple[Any, ...]] = {
             "Pod": (
                 core.read_namespaced_pod,
                 core.create_namespaced_pod,

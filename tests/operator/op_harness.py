@@ -75,14 +75,25 @@ def wait_for(
 class ApiServer(kmock.KubernetesEmulator):
     """KubernetesEmulator with the apiserver bookkeeping real clients depend on."""
 
+    # kmock matches each request against its reactions by scanning every request recorded
+    # so far, so serving gets slower with each request (quadratic over a test module). The
+    # emulator needs only the current request for matching: older ones are dropped, and a
+    # light (method, path, User-Agent) log is kept for assertions instead.
+    KEEP_REQUESTS = 50
+
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self._rv = itertools.count(1)
+        self.log: list[tuple[str, str, str]] = []
 
     def _has_status(self, resource: Any) -> bool:
         return resource in self.resources and "status" in self.resources[resource].subresources
 
     async def _handle(self, request: Any) -> Any:
+        self.log.append(
+            (str(request.method), request.url.path, request.headers.get("User-Agent", ""))
+        )
+        del self._requests[: -self.KEEP_REQUESTS]
         if request.resource is not None:
             try:
                 if request.action == enums.action.CREATE and isinstance(request.data, dict):
@@ -296,10 +307,7 @@ class Cluster:
 
         def collect() -> list[tuple[str, str, str]]:
             assert self.server is not None
-            return [
-                (str(r.method), r.url.path, r.headers.get("User-Agent", ""))
-                for r in list(self.server)
-            ]
+            return list(self.server.log)
 
         return list(self.on_loop(collect))
 
