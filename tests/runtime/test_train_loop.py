@@ -149,3 +149,44 @@ def test_missing_local_model_dir_is_a_clear_error(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, base_model=str(tmp_path / "empty"))
     with pytest.raises(ModelError, match="no config.json"):
         run(config)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu(tmp_path: Path, precision: str) -> None:
+    """Frozen base weights in half precision, adapter weights fp32, autocast forward;
+    fp16 adds a GradScaler (torch's CPU one here, CUDA's on a GPU)."""
+    import torch
+
+    from finetune_runtime.train.backend import create_backend
+
+    config = tiny_config(tmp_path, training={"precision": precision})
+    backend = create_backend(config)
+    trainer = Trainer(config, backend, TrainOptions(serve_progress=False, progress_bar=False))
+    result = trainer.run()
+    model = backend.unwrap()
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    trained = {p.dtype for p in model.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16 if precision == "bf16" else torch.float16}
+    assert trained == {torch.float32}
+    assert (backend.scaler is not None) == (precision == "fp16")
+    trace = losses(result)
+    assert trace[-1] < trace[0]
+
+
+def test_log_lines_and_progress_bar(capsys) -> None:
+    from finetune_runtime.train.console import StepDisplay, format_metrics
+
+    line = format_metrics(
+        {"step": "3/10", "epoch": 0.25, "loss": 2.5, "lr": 0.0002, "grad_norm": None, "x": 7}
+    )
+    assert line == "step=3/10 epoch=0.25 loss=2.5000 lr=2.000e-04 x=7"
+    display = StepDisplay(10, 0, enabled=True, bar=True)
+    display.advance(3, 2.5)
+    display.line("hello from the loop")
+    display.close()
+    err = capsys.readouterr().err
+    assert "hello from the loop" in err and "3/10" in err
+    silent = StepDisplay(10, 0, enabled=False, bar=True)
+    silent.line("never shown")
+    silent.close()
+    assert "never shown" not in capsys.readouterr().err
