@@ -60,6 +60,7 @@ def load_merged(
         tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     else:
         tokenizer = load_tokenizer(config, source, base_dir)
+    base: Any
     try:
         base = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=config.trust_remote_code

@@ -90,7 +90,7 @@ def load_tokenizer(config: FineTuneConfig, source: str, base_dir: Path | None = 
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=config.trust_remote_code)
     except OSError as exc:
         raise _hub_error(name, "tokenizer", exc) from exc
-    special = dict(config.special_tokens)
+    special: dict[str, Any] = dict(config.special_tokens)
     unknown = sorted(set(special) - set(SPECIAL_TOKEN_KEYS))
     if unknown:
         raise ModelError(
@@ -165,7 +165,7 @@ def _check_blocksize(model: torch.nn.Module, blocksize: int) -> None:
     for name, module in model.named_modules():
         if not isinstance(module, bnb.nn.Linear4bit):
             continue
-        state = module.weight.quant_state
+        state = getattr(module.weight, "quant_state", None)
         if state is None or state.blocksize != blocksize:
             got = None if state is None else state.blocksize
             raise ModelError(
@@ -207,6 +207,7 @@ def load_base_model(
         kwargs["device_map"] = {"": device}
         if quant.bits == 4:
             blocksize = quant.block_size
+    model: Any
     try:
         with _bnb_4bit_blocksize(blocksize):
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -274,6 +275,7 @@ def peft_config(config: FineTuneConfig, model: Any, total_steps: int) -> Any:
         "modules_to_save": lora.modules_to_save,
     }
     options = dict(lora.options)
+    kwargs: dict[str, Any]
     if adapter in ("lora", "qlora", "dora"):
         cls: Any = peft.LoraConfig
         kwargs = {

@@ -113,19 +113,21 @@ def main(args: argparse.Namespace) -> int:
     else:
         model_dir = merge(config, base_dir=base_dir)
         console.print(f"merged model: {model_dir}")
+    assert model_dir is not None
     # Load the saved model back, as a user would.
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
     sample = result.sample
     prompt: str | list[int] | None = None
-    reference = None
+    prompt_text: str = ""
+    reference: str | None = None
     if args.prompt:
         prompt = prompt_text = args.prompt
     elif sample is not None:
         prompt = sample.prompt_ids
-        prompt_text = tokenizer.decode(sample.prompt_ids, skip_special_tokens=True)
-        reference = tokenizer.decode(sample.reference_ids, skip_special_tokens=True)
+        prompt_text = str(tokenizer.decode(sample.prompt_ids, skip_special_tokens=True))
+        reference = str(tokenizer.decode(sample.reference_ids, skip_special_tokens=True))
     if prompt:
         text = generate(model, tokenizer, prompt, max_new_tokens=args.max_new_tokens)
         body = f"[bold]prompt[/]\n{prompt_text.strip()}\n\n"

@@ -104,7 +104,7 @@ def resolve_resume(output_dir: Path, explicit: str | None, auto: bool) -> Path |
 
 
 def capture_rng() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {

@@ -16,7 +16,8 @@ COSINE_MIN_LR_RATE = 0.1  # cosine_with_min_lr: decay to 10% of the peak
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Trainable parameters; biases and norm weights (1-D) get no weight decay."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _, param in model.named_parameters():
         if not param.requires_grad:
             continue
