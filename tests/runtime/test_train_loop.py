@@ -190,3 +190,19 @@ def test_log_lines_and_progress_bar(capsys) -> None:
     silent.line("never shown")
     silent.close()
     assert "never shown" not in capsys.readouterr().err
+
+
+def test_base_model_from_s3(
+    tmp_path: Path, tiny_model_dir: Path, s3_server, s3_client, s3_bucket, monkeypatch
+) -> None:
+    """base_model: s3://… is fetched (moto over HTTP, real boto3) into the cache and trained."""
+    for f in sorted(tiny_model_dir.iterdir()):
+        s3_client.upload_file(str(f), s3_bucket, f"models/tiny/{f.name}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    config = tiny_config(tmp_path, base_model=f"s3://{s3_bucket}/models/tiny/")
+    trace = losses(run(config, max_steps=2))
+    assert len(trace) == 2
+    from finetune_runtime.model import resolve_model_source
+
+    local = Path(resolve_model_source(config.base_model))
+    assert (local / "config.json").is_file() and local != tiny_model_dir
