@@ -9,7 +9,6 @@ overlap. The blocking Kubernetes client runs in a thread pool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -101,7 +100,22 @@ async def cleanup(memo: Any, **_: Any) -> None:
         state.executor.shutdown(wait=False, cancel_futures=True)
 
 
-@kopf.daemon(c.GROUP, c.VERSION, c.PLURAL, cancellation_timeout=10.0)
+async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
+    """Until the resync period ends, the job is woken, or the daemon is asked to stop."""
+
+    async def until_stopped() -> None:
+        await stopped.wait()
+
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(until_stopped())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+# On a job's deletion the loop notices `stopped` and exits by itself within the backoff.
+@kopf.daemon(c.GROUP, c.VERSION, c.PLURAL, cancellation_backoff=10.0, cancellation_timeout=10.0)
 async def job_loop(
     namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: Any, **_: Any
 ) -> None:
@@ -120,8 +134,7 @@ async def job_loop(
             )
             if gone:
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=state.config.resync_seconds)
+            await _sleep(wake, stopped, state.config.resync_seconds)
     finally:
         state.wakers.pop(key, None)
         state.spec_digests.pop(key, None)

@@ -9,11 +9,7 @@ collector of kube-controller-manager (op_harness.Cluster.collect_garbage_once).
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import kubernetes_validate
@@ -237,90 +233,54 @@ def test_operator_restart_never_duplicates_pods(
     assert cluster.creations("configmaps", ns) == {"durable-config": 1}
 
 
-class ProgressServer:
-    """Rank 0's progress endpoint, bound to the pod IP the kubelet assigned."""
-
-    def __init__(self, ip: str, port: int) -> None:
-        self.doc: dict[str, Any] = {}
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.dumps(owner.doc).encode()
-                self.send_response(200 if self.path == "/progress" else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer((ip, port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@contextmanager
-def progress_server(ip: str, port: int) -> Iterator[ProgressServer]:
-    server = ProgressServer(ip, port)
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def test_progress_from_rank_zero_reaches_the_status(
     cluster: Cluster, kubelet: Kubelet, operator: Operator, ns: str
 ):
+    """Rank 0 is played by the runtime's own ProgressReporter and ProgressServer (the
+    real /progress endpoint, bound to the pod IP the kubelet assigned), fed by hand
+    instead of by a training loop."""
+    from finetune_runtime.progress import format_eta
+    from finetune_runtime.reporting import ProgressReporter
+    from finetune_runtime.serve import ProgressServer
+
     cluster.create_job(ns, "watched", spec(nodes=2))
     _, ips = start_gang(cluster, kubelet, ns, "watched", 1, 2)
-    doc = {
-        "state": "training",
-        "step": 42,
-        "totalSteps": 200,
-        "epoch": 0.21,
-        "loss": 2.5,
-        "learningRate": 0.0001,
-        "tokensPerSecond": 900.0,
-        "progress": 21.0,
-        "etaSeconds": 125,
-        "worldSize": 2,
-    }
-    with progress_server(ips[0], operator.progress_port) as server:
-        server.doc = doc
-        progress = wait_for(
-            lambda: (p := cluster.status(ns, "watched").get("progress")) and p["step"] == 42 and p,
-            what="status.progress from rank 0",
-        )
-        assert progress["eta"] == "2m5s" and progress["percent"] == 21.0
-        assert progress["loss"] == 2.5 and progress["totalSteps"] == 200
+    clock = [0.0]
+    reporter = ProgressReporter(200, world_size=2, clock=lambda: clock[0])
+    reporter.set_state("training")
 
-        server.doc = {
-            **doc,
-            "step": 100,
-            "loss": 1.25,
-            "progress": 50.0,
-            "lastCheckpoint": {
-                "step": 100,
-                "path": "/checkpoints/checkpoint-100",
-                "time": "2025-01-01T00:00:00Z",
-            },
-        }
-        progress = wait_for(
-            lambda: (p := cluster.status(ns, "watched")["progress"]) and p["step"] == 100 and p,
-            what="updated progress",
+    def step(n: int, loss: float) -> None:
+        clock[0] += 0.5
+        reporter.on_step(n, epoch=n / 200, loss=loss, learning_rate=1e-4, tokens=4096)
+
+    def progress_at(n: int) -> dict[str, Any]:
+        return wait_for(
+            lambda: (p := cluster.status(ns, "watched").get("progress")) and p["step"] == n and p,
+            what=f"status.progress at step {n}",
         )
+
+    with ProgressServer(reporter, host=ips[0], port=operator.progress_port):
+        for n in range(1, 43):
+            step(n, loss=2.5)
+        progress = progress_at(42)
+        doc = reporter.document()
+        assert progress["state"] == "training"
+        assert progress["totalSteps"] == 200 and progress["percent"] == 21.0
+        assert progress["loss"] == 2.5 and progress["learningRate"] == 0.0001
+        assert progress["eta"] == format_eta(doc.eta_seconds) == "1m19s"
+        assert progress["tokensPerSecond"] == 8192.0
+
+        for n in range(43, 101):
+            step(n, loss=1.25)
+        reporter.on_checkpoint(100, "/checkpoints/checkpoint-100")
+        progress = progress_at(100)
         assert progress["lastCheckpoint"]["path"] == "/checkpoints/checkpoint-100"
+        assert progress["percent"] == 50.0
         metrics = operator.metrics()
         assert f'finetune_job_loss{{job="watched",namespace="{ns}"}} 1.25' in metrics
         assert f'finetune_job_step{{job="watched",namespace="{ns}"}} 100.0' in metrics
 
-    # The endpoint goes away: the last progress stays and the job keeps running.
+    # Rank 0's endpoint goes away: the last progress stays and the job keeps running.
     for _ in range(3):
         wait_for(phase_is(cluster, ns, "watched", "Running"))
     assert cluster.status(ns, "watched")["progress"]["step"] == 100
