@@ -101,3 +101,18 @@ def tiny_tokenizer(tiny_model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+# -- Multi-process training (torchrun, DeepSpeed) ---------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ddp_reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Any:
+    """A two-node DDP run through `finetune launch` that every distributed backend is
+    compared with, step by step (built once per session; see distributed_harness.py)."""
+    from distributed_harness import two_node_launch
+
+    run = two_node_launch(tmp_path_factory.mktemp("ddp-reference"))
+    run.node0.check()
+    run.node1.check()
+    return run

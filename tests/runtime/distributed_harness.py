@@ -19,7 +19,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 RUN_TIMEOUT_S = 420
@@ -256,12 +255,3 @@ def two_node_launch(directory: Path) -> TwoNodeRun:
         Run(code1, out1, now - t1),
         node1_waited="waiting for master" in out1,
     )
-
-
-@pytest.fixture(scope="session")
-def ddp_reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> TwoNodeRun:
-    """The reference run every backend is compared with (built once per session)."""
-    run = two_node_launch(tmp_path_factory.mktemp("ddp-reference"))
-    run.node0.check()
-    run.node1.check()
-    return run

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from distributed_harness import (  # noqa: F401  (ddp_reference is a fixture)
+from distributed_harness import (
     TwoNodeRun,
     adapter_weights,
     assert_loss_falls,
     assert_same_history,
     base_env,
-    ddp_reference,
     forget_after,
     history,
     launch,
@@ -53,7 +52,7 @@ def check_resume_from(config: Path, step: int, first_history: list[dict], first_
 
 def test_zero2_matches_ddp_checkpoints_and_resumes(
     tmp_path: Path,
-    ddp_reference: TwoNodeRun,  # noqa: F811
+    ddp_reference: TwoNodeRun,
 ) -> None:
     config = write_config(tmp_path, "zero2", deepspeed="zero2")
     run = launch(config).check()
@@ -98,7 +97,7 @@ def test_zero2_matches_ddp_checkpoints_and_resumes(
 
 def test_zero3_consolidates_weights_resumes_and_merges(
     tmp_path: Path,
-    ddp_reference: TwoNodeRun,  # noqa: F811
+    ddp_reference: TwoNodeRun,
 ) -> None:
     # An inline dict (the third way to give `deepspeed`); persistence threshold 0 so that
     # even the small LoRA matrices are partitioned rather than replicated.
@@ -167,7 +166,7 @@ def assert_merged_equals_base_plus_adapter(merged_dir: Path, adapter_dir: Path) 
 
 def test_zero2_optimizer_offload_with_deepspeed_cpu_adam_trains_like_ddp(
     tmp_path: Path,
-    ddp_reference: TwoNodeRun,  # noqa: F811
+    ddp_reference: TwoNodeRun,
 ) -> None:
     """Optimizer state offloaded to CPU; with FINETUNE_DS_CPU_ADAM=1 the loop's AdamW is
     swapped for DeepSpeed's vectorised CPU Adam (a C++ op compiled on first use, about a

@@ -11,12 +11,11 @@ import signal
 import subprocess
 
 import pytest
-from distributed_harness import (  # noqa: F401  (ddp_reference is a fixture)
+from distributed_harness import (
     RUN_TIMEOUT_S,
     TwoNodeRun,
     assert_loss_falls,
     base_env,
-    ddp_reference,
     history,
     launch,
     launch_argv,
@@ -31,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_nodes_rendezvous_with_the_late_node_waiting_and_train(
-    ddp_reference: TwoNodeRun,  # noqa: F811
+    ddp_reference: TwoNodeRun,
 ) -> None:
     run = ddp_reference
     assert run.node1_waited, run.node1.output[-3000:]
