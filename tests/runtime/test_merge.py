@@ -119,3 +119,29 @@ def test_merge_refusals(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a model directory"):
         merge(config, output=victim)
     assert (victim / "notes.txt").read_text() == "keep me"
+
+
+def test_added_special_tokens_train_and_merge(tmp_path: Path) -> None:
+    """special_tokens grow the vocabulary; embeddings are resized for training and for merge."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = trained(
+        tmp_path,
+        special_tokens={"sep_token": "<|sep|>"},
+        lora={"modules_to_save": ["embed_tokens", "lm_head"]},
+    )
+    adapter_dir = Path(config.output_dir) / "adapter"
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    assert tokenizer.sep_token == "<|sep|>"
+    base = base_model(config)
+    grown = len(tokenizer)
+    assert grown == base.get_input_embeddings().weight.shape[0] + 1
+    base.resize_token_embeddings(grown)
+    expected = logits_of(PeftModel.from_pretrained(base, adapter_dir))
+    merged = AutoModelForCausalLM.from_pretrained(merge(config))
+    assert merged.get_input_embeddings().weight.shape[0] == grown
+    torch.testing.assert_close(logits_of(merged), expected, rtol=1e-4, atol=1e-4)
+
+    with pytest.raises(ModelError, match="special_tokens: unknown key"):
+        run(tiny_config(tmp_path / "bad", special_tokens={"separator": "<x>"}))
