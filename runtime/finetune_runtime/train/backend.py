@@ -348,7 +348,39 @@ class LocalBackend:
 # --------------------------------------------------------------------------- DDP
 
 
-class DDPBackend(LocalBackend):
+class DistCollectives:
+    """barrier / all-reduce / close over torch.distributed's default process group,
+    shared by the multi-process backends (DDP, DeepSpeed). List it first among the bases."""
+
+    device: torch.device
+    world_size: int
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        if self.device.type == "cuda":
+            dist.barrier(device_ids=[self.device.index])
+        else:
+            dist.barrier()
+
+    def all_reduce_sum(self, value: float) -> float:
+        import torch.distributed as dist
+
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return float(t.item())
+
+    def all_reduce_mean(self, value: float) -> float:
+        return self.all_reduce_sum(value) / self.world_size
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class DDPBackend(DistCollectives, LocalBackend):
     """torch.distributed data parallelism (one process per device, started by torchrun)."""
 
     def __init__(self, options: BackendOptions, env: Mapping[str, str] | None = None) -> None:
@@ -370,7 +402,6 @@ class DDPBackend(LocalBackend):
                     f"{exc}; check MASTER_ADDR/MASTER_PORT and that every rank started"
                 ) from exc
         super().__init__(options, device, rank=rank, local_rank=local_rank, world_size=world_size)
-        self._dist = dist
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
 
     def prepare(self, model: Any, optimizer: Any, scheduler: Any) -> tuple[Any, Any, Any]:
@@ -390,27 +421,6 @@ class DDPBackend(LocalBackend):
         # DDP averages gradients over ranks; the loop's losses are already normalised
         # by the global token count, so the sum (not the mean) is what is wanted.
         return float(self.world_size)
-
-    def barrier(self) -> None:
-        if self.device.type == "cuda":
-            self._dist.barrier(device_ids=[self.device.index])
-        else:
-            self._dist.barrier()
-
-    def _reduce(self, value: float) -> float:
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM)
-        return float(t.item())
-
-    def all_reduce_sum(self, value: float) -> float:
-        return self._reduce(value)
-
-    def all_reduce_mean(self, value: float) -> float:
-        return self._reduce(value) / self.world_size
-
-    def close(self) -> None:
-        if self._dist.is_initialized():
-            self._dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- factory

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from finetune_runtime.errors import CheckpointError, LaunchError
-from finetune_runtime.train.backend import BackendOptions, distributed_env
+from finetune_runtime.train.backend import BackendOptions, DistCollectives, distributed_env
 
 if TYPE_CHECKING:
     from finetune_runtime.config import FineTuneConfig
@@ -69,7 +69,7 @@ def use_cpu_adam(env: Mapping[str, str]) -> bool:
     return torch.cuda.is_available()
 
 
-class DeepSpeedBackend:
+class DeepSpeedBackend(DistCollectives):
     """One process of a DeepSpeed data-parallel gang (started by torchrun)."""
 
     def __init__(
@@ -101,7 +101,6 @@ class DeepSpeedBackend:
         import deepspeed
         import torch.distributed as dist
 
-        self._dist = dist
         if not dist.is_initialized():
             try:
                 deepspeed.init_distributed(
@@ -293,26 +292,6 @@ class DeepSpeedBackend:
             state = engine._zero3_consolidated_16bit_state_dict()
             return dict(state) if state is not None else None
         return dict(engine.module.state_dict())
-
-    # -- collectives -------------------------------------------------------------
-
-    def barrier(self) -> None:
-        self._dist.barrier()
-
-    def _reduce(self, value: float) -> float:
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM)
-        return float(t.item())
-
-    def all_reduce_sum(self, value: float) -> float:
-        return self._reduce(value)
-
-    def all_reduce_mean(self, value: float) -> float:
-        return self._reduce(value) / self.world_size
-
-    def close(self) -> None:
-        if self._dist.is_initialized():
-            self._dist.destroy_process_group()
 
 
 def to_cpu_adam(optimizer: Any, scheduler: Any) -> Any:
