@@ -114,8 +114,9 @@ async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, seconds: floa
             waiter.cancel()
 
 
-# On a job's deletion the loop notices `stopped` and exits by itself within the backoff.
-@kopf.daemon(c.GROUP, c.VERSION, c.PLURAL, cancellation_backoff=10.0, cancellation_timeout=10.0)
+# On stop the loop exits by itself (after the cycle in flight); kopf re-checks after the
+# backoff, so it is short: it delays the release of a deleted job's finalizer.
+@kopf.daemon(c.GROUP, c.VERSION, c.PLURAL, cancellation_backoff=1.0, cancellation_timeout=10.0)
 async def job_loop(
     namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: Any, **_: Any
 ) -> None:
@@ -136,6 +137,7 @@ async def job_loop(
                 break
             await _sleep(wake, stopped, state.config.resync_seconds)
     finally:
+        log.info("stopped reconciling %s/%s (%s)", namespace, name, stopped.reason or "gone")
         state.wakers.pop(key, None)
         state.spec_digests.pop(key, None)
         state.metrics.forget(key)
