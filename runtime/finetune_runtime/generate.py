@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from finetune_runtime.data.tokenize import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import torch
 
 from finetune_runtime.config import FineTuneConfig, check_safe_path
 from finetune_runtime.errors import ConfigError, ModelError
+from finetune_runtime.train.checkpoint import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +113,7 @@ def merge(
     try:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("merged %s into %s -> %s", adapter_dir, config.base_model, out)

@@ -399,9 +399,3 @@ def save_weights(
     model.save_pretrained(directory, state_dict=state_dict)  # safetensors by default
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-
-
-def is_peft_model(model: Any) -> bool:
-    import peft
-
-    return isinstance(model, peft.PeftModel)

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from safetensors.torch import load_file
-from train_helpers import losses, read_summary, run, tiny_config
+from train_helpers import free_port, losses, read_summary, run, tiny_config
 
 from finetune_runtime.errors import CheckpointError
 from finetune_runtime.train.checkpoint import COMPLETE, list_checkpoints
@@ -133,12 +132,6 @@ def test_resuming_with_a_different_adapter_is_refused(tmp_path: Path) -> None:
         run(other)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _progress(port: int) -> dict | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/progress", timeout=2) as r:
@@ -152,7 +145,7 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, rows=16, training={"max_steps": 400, "batch_size": 4})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "finetune_runtime.cli", "train", str(path)]
         + ["--progress-port", str(port)],

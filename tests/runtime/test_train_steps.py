@@ -7,13 +7,12 @@ gloo group.
 from __future__ import annotations
 
 import math
-import socket
 from pathlib import Path
 from typing import Any, get_args
 
 import pytest
 import torch
-from train_helpers import tiny_config
+from train_helpers import free_port, tiny_config
 
 from finetune_runtime.config import OptimizerType, SchedulerType, TrainingSettings
 from finetune_runtime.train.backend import BackendOptions, DDPBackend, LocalBackend
@@ -78,18 +77,12 @@ def test_accumulation_matches_one_big_batch(
         torch.testing.assert_close(g_split[name], g_big[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_ddp_backend_single_rank_matches_local(
     tiny_model_dir: Path, tiny_tokenizer: Any, examples: list[dict], tmp_path: Path, monkeypatch
 ) -> None:
     """A real gloo group of one: DDP's no_sync accumulation yields the local gradient."""
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     config = tiny_config(tmp_path)
     split = [collate(tiny_tokenizer, config, rows) for rows in (examples[:2], examples[2:])]
 

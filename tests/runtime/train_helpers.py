@@ -8,6 +8,7 @@ batch and "the loss falls" is a stable, meaningful check.
 from __future__ import annotations
 
 import json
+import socket
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,9 @@ def losses(result: TrainResult) -> list[float]:
 
 def read_summary(output_dir: Path) -> dict[str, Any]:
     return json.loads((output_dir / "train_summary.json").read_text())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

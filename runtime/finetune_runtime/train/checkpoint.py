@@ -174,6 +174,22 @@ def _remove(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+def replace_dir(src: Path, dest: Path) -> None:
+    """Move the finished directory `src` to `dest`, replacing an older `dest`.
+
+    `dest` is never half-written: it is the old tree, briefly absent, then the new
+    one. A leftover of the old tree is named `<dest>.tmp-old-*`, which checkpoint
+    scans ignore and clean up.
+    """
+    old = None
+    if dest.exists():
+        old = dest.with_name(f"{dest.name}.tmp-old-{secrets.token_hex(3)}")
+        os.replace(dest, old)
+    os.replace(src, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 class CheckpointWriter:
     """Saves checkpoints of one run; every method is called on every rank."""
 
@@ -216,9 +232,7 @@ class CheckpointWriter:
                 _fsync_tree(tmp)
                 (tmp / COMPLETE).write_text(json.dumps({"step": step}) + "\n")
                 _fsync_tree(tmp)
-                if final.exists():  # an older attempt's copy of this very step
-                    _remove(final)
-                os.replace(tmp, final)
+                replace_dir(tmp, final)  # over an older attempt's copy of this very step
                 _fsync_dir(self.output_dir)
                 self._rotate()
         except BaseException:
@@ -243,11 +257,3 @@ class CheckpointWriter:
                 "removing old checkpoint %s (save_total_limit=%d)", old.path, self.save_total_limit
             )
             _remove(old.path)
-
-
-def read_client_state(ckpt_dir: Path) -> dict[str, Any]:
-    """A checkpoint's trainer_state.json (for tools; resuming uses the backend's state)."""
-    try:
-        return json.loads((ckpt_dir / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{ckpt_dir}: cannot read trainer_state.json: {exc}") from exc

@@ -22,11 +22,17 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from finetune_runtime.config import FineTuneConfig
+from finetune_runtime.data.tokenize import IGNORE_INDEX
 from finetune_runtime.errors import ConfigError
 from finetune_runtime.generate import Sample, sample_from_example
 from finetune_runtime.reporting import ProgressReporter
 from finetune_runtime.train.backend import Backend, closing, create_backend
-from finetune_runtime.train.checkpoint import CheckpointWriter, load_rng, resolve_resume
+from finetune_runtime.train.checkpoint import (
+    CheckpointWriter,
+    load_rng,
+    replace_dir,
+    resolve_resume,
+)
 from finetune_runtime.train.console import StepDisplay, format_metrics
 from finetune_runtime.train.optim import build_optimizer, build_scheduler
 from finetune_runtime.train.plan import TrainingPlan, make_plan
@@ -34,7 +40,6 @@ from finetune_runtime.train.signals import GracefulStop
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 SUMMARY_FILE = "train_summary.json"
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
@@ -62,14 +67,6 @@ class TrainResult:
     weights_dir: Path | None  # output_dir/adapter or output_dir/model, when completed
     summary: dict[str, Any] = field(default_factory=dict)
     sample: Sample | None = None  # a prompt from the data, for a look at generations
-
-    @property
-    def first_loss(self) -> float | None:
-        return self.summary.get("first_loss")
-
-    @property
-    def last_loss(self) -> float | None:
-        return self.summary.get("last_loss")
 
 
 # --------------------------------------------------------------------------- data
@@ -365,16 +362,20 @@ class Trainer:
 
     def _export(self, directory: Path, *, with_tokenizer: bool = True) -> None:
         """Write usable weights (adapter or full model) into `directory` (collective)."""
-        from finetune_runtime.model import is_peft_model, save_weights
+        from finetune_runtime.model import save_weights
 
         state = self.backend.export_state_dict()
         if not self.backend.is_main:
             return
-        model = self.backend.unwrap()
-        name = ADAPTER_DIR if is_peft_model(model) else MODEL_DIR
         save_weights(
-            model, directory / name, self.tokenizer if with_tokenizer else None, state_dict=state
+            self.backend.unwrap(),
+            directory / self._weights_name(),
+            self.tokenizer if with_tokenizer else None,
+            state_dict=state,
         )
+
+    def _weights_name(self) -> str:
+        return MODEL_DIR if self.config.adapter == "none" else ADAPTER_DIR
 
     def save_checkpoint(self) -> Path:
         self.reporter.set_state("saving", f"checkpoint at step {self.step}")
@@ -586,20 +587,13 @@ class Trainer:
             tmp.mkdir(parents=True)
         self.backend.barrier()
         self._export(tmp)
-        final: Path | None = None
+        final = self.output_dir / self._weights_name()
         if self.backend.is_main:
-            (produced,) = list(tmp.iterdir())
-            final = self.output_dir / produced.name
-            if final.exists():
-                old = self.output_dir / f".{produced.name}.old-{os.getpid()}"
-                os.replace(final, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(produced, final)
+            replace_dir(tmp / final.name, final)
             shutil.rmtree(tmp, ignore_errors=True)
             log.info("wrote %s", final)
         self.backend.barrier()
-        name = ADAPTER_DIR if self.config.adapter != "none" else MODEL_DIR
-        return final or self.output_dir / name
+        return final
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
