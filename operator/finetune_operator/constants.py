@@ -17,6 +17,8 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_JOB = f"{GROUP}/job"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_RANK = f"{GROUP}/rank"
+# What the workers were built from (spec minus runPolicy, plus the effective config).
+ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 APP_NAME = "finetune"
 MANAGER = "finetune-operator"
 

@@ -7,6 +7,8 @@ idempotent: an existing child answers 409 AlreadyExists and the operator moves o
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,13 +233,31 @@ def worker_env(
     return env
 
 
+def spec_hash(spec: FineTuneJobSpec, config_yaml: str) -> str:
+    """Identifies what a gang runs: the spec without runPolicy, and the effective config.
+
+    Operator settings (e.g. its default image) are left out on purpose, so upgrading the
+    operator never restarts running jobs; editing the job does.
+    """
+    shape = spec.model_dump(mode="json", by_alias=True, exclude={"run_policy", "config"})
+    payload = json.dumps(shape, sort_keys=True) + "\n" + config_yaml
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 def worker_pod(
-    job: JobRef, spec: FineTuneJobSpec, attempt: int, rank: int, settings: PodSettings
+    job: JobRef,
+    spec: FineTuneJobSpec,
+    attempt: int,
+    rank: int,
+    settings: PodSettings,
+    digest: str | None = None,
 ) -> dict[str, Any]:
     """One worker of gang `attempt`: init containers fetch data, then `finetune launch`."""
     image = spec.image or settings.default_image
     metadata = _metadata(job, pod_name(job, attempt, rank), "worker")
     metadata["labels"] |= {c.LABEL_ATTEMPT: str(attempt), c.LABEL_RANK: str(rank)}
+    if digest is not None:
+        metadata["annotations"] = {c.ANNOTATION_SPEC_HASH: digest}
 
     trainer: dict[str, Any] = {
         "name": c.TRAINER_CONTAINER,

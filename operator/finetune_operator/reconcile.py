@@ -68,6 +68,7 @@ class _Cycle:
         self.status: dict[str, Any] = copy.deepcopy(self.old)
         self.decision = Decision(status=self.status)
         self.conditions: list[dict[str, Any]] = list(self.status.get("conditions") or [])
+        self.digest: str | None = None  # spec hash of the gang the spec asks for
 
     # -- small helpers
     @property
@@ -218,13 +219,19 @@ def _ensure_children(cy: _Cycle, spec: FineTuneJobSpec, config_yaml: str, port: 
     return True
 
 
-def _new_gang(cy: _Cycle, spec: FineTuneJobSpec, attempt: int, settings: m.PodSettings) -> None:
-    cy.status["attempt"] = attempt
+def _create_workers(
+    cy: _Cycle, spec: FineTuneJobSpec, attempt: int, ranks: list[int], settings: m.PodSettings
+) -> None:
     existing = {s.pod_name(p) for p in cy.observed.pods}
-    for rank in range(spec.nodes):
-        pod = m.worker_pod(cy.ref, spec, attempt, rank, settings)
+    for rank in ranks:
+        pod = m.worker_pod(cy.ref, spec, attempt, rank, settings, cy.digest)
         if pod["metadata"]["name"] not in existing:
             cy.decision.create.append(pod)
+
+
+def _new_gang(cy: _Cycle, spec: FineTuneJobSpec, attempt: int, settings: m.PodSettings) -> None:
+    cy.status["attempt"] = attempt
+    _create_workers(cy, spec, attempt, list(range(spec.nodes)), settings)
 
 
 def _active(
@@ -235,6 +242,7 @@ def _active(
     fresh: bool = False,
 ) -> None:
     policy = spec.run_policy
+    cy.digest = m.spec_hash(spec, config_yaml)
     cy.status.setdefault("restarts", 0)
     if not _ensure_children(cy, spec, config_yaml, settings.progress_port):
         return
@@ -294,6 +302,27 @@ def _active(
         return
 
     _progress(cy)
+    outdated = [
+        p
+        for p in current
+        if s.pod_phase(p) not in TERMINAL and s.pod_spec_hash(p) not in (None, cy.digest)
+    ]
+    if outdated:  # the job was edited: run what it asks for now (not a failure restart)
+        for pod in current:
+            cy.delete_pod(pod)
+        attempt += 1
+        message = (
+            f"The spec changed: replacing the gang with attempt {attempt} "
+            f"({spec.nodes} worker(s)), resuming from the newest checkpoint."
+        )
+        cy.status["phase"] = s.CREATED
+        cy.cond(s.CREATED, True, "SpecChanged", message)
+        cy.uncond(s.RUNNING, "SpecChanged", "The gang is being replaced.")
+        cy.event("Normal", "SpecChanged", message)
+        _new_gang(cy, spec, attempt, settings)
+        _workers(cy, [], created=spec.nodes)
+        return
+
     failed = [p for p in current if s.pod_phase(p) == s.FAILED]
     succeeded = [p for p in current if s.pod_phase(p) == s.SUCCEEDED]
     running = [p for p in current if s.pod_phase(p) == s.RUNNING]
@@ -347,11 +376,7 @@ def _active(
         return
 
     if missing:  # the gang is still forming: (re)create absent workers
-        existing = {s.pod_name(p) for p in cy.observed.pods}
-        for rank in missing:
-            pod = m.worker_pod(cy.ref, spec, attempt, rank, settings)
-            if pod["metadata"]["name"] not in existing:
-                cy.decision.create.append(pod)
+        _create_workers(cy, spec, attempt, missing, settings)
     if missing == [] and len(running) + len(succeeded) == spec.nodes and running:
         if cy.phase != s.RUNNING:
             cy.event("Normal", s.RUNNING, f"All {spec.nodes} worker(s) of attempt {attempt} run.")

@@ -98,6 +98,12 @@ def pod_name(pod: dict[str, Any]) -> str:
     return str((pod.get("metadata") or {}).get("name", ""))
 
 
+def pod_spec_hash(pod: dict[str, Any]) -> str | None:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(c.ANNOTATION_SPEC_HASH)
+    return str(value) if value is not None else None
+
+
 def terminating(pod: dict[str, Any]) -> bool:
     return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
 

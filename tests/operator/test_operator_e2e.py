@@ -349,3 +349,22 @@ def test_credentials_are_referenced_never_read(
     operator_calls = [r for r in cluster.requests_seen() if "python-requests" not in r[2]]
     assert operator_calls, "the operator's requests are recorded"
     assert not [r for r in operator_calls if "/secrets" in r[1]], "the operator never reads Secrets"
+
+
+def test_editing_a_running_job_refreshes_config_and_gang(
+    cluster: Cluster, kubelet: Kubelet, ns: str
+):
+    cluster.create_job(ns, "edited", spec(nodes=2))
+    start_gang(cluster, kubelet, ns, "edited", 1, 2)
+    cluster.patch_job(ns, "edited", {"spec": {"config": {"training": {"max_steps": 7}}}})
+
+    def refreshed() -> bool:
+        (config_map,) = cluster.children("configmaps", ns)
+        return "max_steps: 7" in config_map["data"]["config.yaml"]
+
+    wait_for(refreshed, what="ConfigMap refreshed from the edited spec")
+    start_gang(cluster, kubelet, ns, "edited", 2, 2)
+    assert cluster.pods(ns, 1) == []
+    status = cluster.status(ns, "edited")
+    assert status["restarts"] == 0 and status["observedGeneration"] == 2
+    assert "SpecChanged" in reasons(cluster, ns)

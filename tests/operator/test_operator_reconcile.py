@@ -21,7 +21,8 @@ from op_fixtures import (
     run,
 )
 
-from finetune_operator.reconcile import Observed
+from finetune_operator import manifests as m
+from finetune_operator.reconcile import Observed, reconcile
 
 
 def kinds(decision) -> list[str]:
@@ -517,3 +518,67 @@ def test_effective_config_in_the_config_map_points_at_pod_paths():
         "/opt/data/builtin.jsonl",
     ]
     assert NOW  # the reconciler never reads the wall clock itself
+
+
+# ------------------------------------------------------------------------------ spec edits
+
+
+def launched(spec: dict) -> tuple[dict, list[dict]]:
+    """A running job whose pods are exactly the ones the reconciler created."""
+    body = job(spec)
+    first = run(body, Observed())
+    body = after(body, first)
+    pods = created_pods(first)
+    for i, made in enumerate(pods):
+        made["status"] = {"phase": "Running", "podIP": f"10.0.0.{i + 1}"}
+    body = after(body, run(body, observed(body, pods)))
+    assert body["status"]["phase"] == "Running"
+    return body, pods
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"image": "runtime:v2"},
+        {"nodes": 3},
+        {"env": [{"name": "NCCL_DEBUG", "value": "INFO"}]},
+        {"config": {"base_model": "builtin:tiny-llama", "datasets": [{"path": "other.jsonl"}]}},
+    ],
+    ids=["image", "nodes", "env", "config"],
+)
+def test_editing_the_job_replaces_the_gang_without_counting_a_restart(edit):
+    body, pods = launched({"nodes": 2})
+    digest = pods[0]["metadata"]["annotations"]["finetune.dev/spec-hash"]
+    before = observed(body, pods)
+    body["spec"].update(copy.deepcopy(edit))
+    body["metadata"]["generation"] = 2
+    d = run(body, before, later(60))
+    assert deleted_pods(d) == ["llama-a1-worker-0", "llama-a1-worker-1"]
+    new = created_pods(d)
+    assert {p["metadata"]["name"].rsplit("-", 1)[0] for p in new} == {"llama-a2-worker"}
+    assert len(new) == body["spec"]["nodes"]
+    assert all(p["metadata"]["annotations"]["finetune.dev/spec-hash"] != digest for p in new)
+    st = d.status
+    assert st["phase"] == "Created" and st["attempt"] == 2 and st["restarts"] == 0
+    assert condition(st, "Created")["reason"] == "SpecChanged"
+    assert reasons(d) == ["SpecChanged"]
+
+
+def test_run_policy_edits_and_operator_defaults_do_not_restart_the_gang():
+    body, pods = launched({"nodes": 2})
+    body["spec"]["runPolicy"] = {"backoffLimit": 9, "ttlSecondsAfterFinished": 60}
+    d = run(body, observed(body, pods), later(60))
+    assert d.create == [] and d.delete == [] and d.status["phase"] == "Running"
+    other = m.PodSettings(default_image="runtime:upgraded", progress_port=9400)
+    d = reconcile(body, observed(body, pods), later(61), other)
+    assert d.create == [] and d.delete == []
+
+
+def test_config_edit_also_refreshes_the_config_map():
+    body, pods = launched({})
+    before = observed(body, pods)  # children as they were made before the edit
+    body["spec"]["config"]["training"] = {"max_steps": 99}
+    d = run(body, before)
+    assert [x["kind"] for x in d.update] == ["ConfigMap"]
+    assert "max_steps: 99" in d.update[0]["data"]["config.yaml"]
+    assert len(created_pods(d)) == 1
