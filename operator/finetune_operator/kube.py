@@ -18,7 +18,7 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from finetune_operator import constants as c
-from finetune_operator.status import rfc3339
+from finetune_operator.manifests import event
 
 log = logging.getLogger("finetune_operator.kube")
 
@@ -154,31 +154,8 @@ class Kube:
 
     # ------------------------------------------------------------------------------ events
     def post_event(self, job: Json, type_: str, reason: str, message: str, now: datetime) -> None:
-        meta = job.get("metadata") or {}
-        name, namespace = meta.get("name", ""), meta.get("namespace", "")
-        stamp = rfc3339(now)
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{name}.{secrets.token_hex(8)}", "namespace": namespace},
-            "involvedObject": {
-                "apiVersion": c.API_VERSION,
-                "kind": c.KIND,
-                "name": name,
-                "namespace": namespace,
-                "uid": meta.get("uid"),
-            },
-            "type": type_,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": c.MANAGER},
-            "reportingComponent": c.MANAGER,
-            "reportingInstance": c.MANAGER,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
-        self._json(self.core.create_namespaced_event, namespace, body)
+        body = event(job, type_, reason, message, now, suffix=secrets.token_hex(8))
+        self._json(self.core.create_namespaced_event, body["metadata"]["namespace"], body)
 
 
 def _owned_by(obj: Json, uid: str) -> bool:

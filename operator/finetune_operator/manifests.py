@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from finetune_operator import constants as c
@@ -331,3 +332,33 @@ def worker_pod(
     }
     pod_spec |= {key: value for key, value in optional.items() if value is not None}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+
+
+def event(
+    job: dict[str, Any], type_: str, reason: str, message: str, now: datetime, suffix: str
+) -> dict[str, Any]:
+    """A core/v1 Event about the job (named explicitly: `<job>.<suffix>`)."""
+    meta = job.get("metadata") or {}
+    name, namespace = meta.get("name", ""), meta.get("namespace", "")
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{name}.{suffix}", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": c.API_VERSION,
+            "kind": c.KIND,
+            "name": name,
+            "namespace": namespace,
+            "uid": meta.get("uid", ""),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": c.MANAGER},
+        "reportingComponent": c.MANAGER,
+        "reportingInstance": c.MANAGER,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }

@@ -217,3 +217,14 @@ def test_config_map_holds_the_effective_config():
     config_map = m.config_map(ref(job()), "base_model: x\n")
     assert config_map["metadata"]["name"] == "llama-config"
     assert config_map["data"] == {"config.yaml": "base_model: x\n"}
+
+
+def test_events_are_valid_and_point_at_the_job():
+    from op_fixtures import NOW
+
+    body = m.event(job(), "Warning", "Restarting", "worker 1 failed " + "x" * 2000, NOW, "ab12")
+    kubernetes_validate.validate(body, K8S_VERSION, strict=True)
+    assert body["metadata"] == {"name": "llama.ab12", "namespace": "ml"}
+    assert body["involvedObject"]["uid"] == "uid-llama"
+    assert body["lastTimestamp"] == "2025-01-01T12:00:00Z"
+    assert len(body["message"]) == 1024
