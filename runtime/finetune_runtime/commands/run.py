@@ -62,10 +62,8 @@ def loss_verdict(losses: list[float], window: int = LOSS_WINDOW) -> tuple[bool, 
 
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.panel import Panel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_runtime.generate import generate
     from finetune_runtime.merge import merge
     from finetune_runtime.train.loop import train
 
@@ -118,25 +116,48 @@ def main(args: argparse.Namespace) -> int:
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
-    sample = result.sample
-    prompt: str | list[int] | None = None
-    prompt_text: str = ""
-    reference: str | None = None
     if args.prompt:
-        prompt = prompt_text = args.prompt
-    elif sample is not None:
-        prompt = sample.prompt_ids
-        prompt_text = str(tokenizer.decode(sample.prompt_ids, skip_special_tokens=True))
-        reference = str(tokenizer.decode(sample.reference_ids, skip_special_tokens=True))
-    if prompt:
-        text = generate(model, tokenizer, prompt, max_new_tokens=args.max_new_tokens)
-        body = f"[bold]prompt[/]\n{prompt_text.strip()}\n\n"
-        if reference is not None:
-            body += f"[bold]reference[/]\n{reference.strip()}\n\n"
-        shown = text.strip() or (
-            "[dim](nothing: the model emitted end-of-sequence at once; a tiny random model "
-            "needs far more training than a demo to write text)[/]"
+        _show_generation(
+            console, model, tokenizer, args.prompt, None, "your prompt", args.max_new_tokens
         )
-        body += f"[bold]generated[/] (greedy, merged model)\n{shown}"
-        console.print(Panel(body, title="sample", expand=False))
+    else:
+        shown = []
+        if result.train_sample is not None:
+            shown.append((result.train_sample, "from the training split"))
+        if result.sample is not None and result.sample != result.train_sample:
+            shown.append((result.sample, "held out (not trained on)"))
+        for sample, title in shown:
+            _show_generation(
+                console, model, tokenizer, sample.prompt_ids, sample, title, args.max_new_tokens
+            )
     return 0 if fell else 1
+
+
+def _show_generation(
+    console: Any,
+    model: Any,
+    tokenizer: Any,
+    prompt: str | list[int],
+    sample: Any,
+    title: str,
+    max_new_tokens: int,
+) -> None:
+    """Print one greedy generation in a panel, with the dataset's reference answer if known."""
+    from rich.panel import Panel
+
+    from finetune_runtime.generate import generate
+
+    text = generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens)
+    prompt_text = (
+        prompt if isinstance(prompt, str) else tokenizer.decode(prompt, skip_special_tokens=True)
+    )
+    body = f"[bold]prompt[/]\n{str(prompt_text).strip()}\n\n"
+    if sample is not None:
+        reference = tokenizer.decode(sample.reference_ids, skip_special_tokens=True)
+        body += f"[bold]reference[/]\n{str(reference).strip()}\n\n"
+    shown = text.strip() or (
+        "[dim](nothing: the model emitted end-of-sequence at once; a tiny random model "
+        "needs far more training than a demo to write text)[/]"
+    )
+    body += f"[bold]generated[/] (greedy, merged model)\n{shown}"
+    console.print(Panel(body, title=f"sample: {title}", expand=False))

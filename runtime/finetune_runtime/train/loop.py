@@ -66,7 +66,8 @@ class TrainResult:
     stopped: bool  # a stop signal ended the run early (after checkpointing)
     weights_dir: Path | None  # output_dir/adapter or output_dir/model, when completed
     summary: dict[str, Any] = field(default_factory=dict)
-    sample: Sample | None = None  # a prompt from the data, for a look at generations
+    sample: Sample | None = None  # a held-out prompt (else a training one), to look at generations
+    train_sample: Sample | None = None  # a prompt the model was trained on
 
 
 # --------------------------------------------------------------------------- data
@@ -568,11 +569,13 @@ class Trainer:
             stopped,
             weights_dir,
             summary,
-            sample=self._sample(),
+            sample=self._sample((self.data.eval, self.data.train)),
+            train_sample=self._sample((self.data.train,)),
         )
 
-    def _sample(self) -> Sample | None:
-        for dataset in (self.data.eval, self.data.train):
+    @staticmethod
+    def _sample(datasets: tuple[Dataset | None, ...]) -> Sample | None:
+        for dataset in datasets:
             if dataset is not None and len(dataset):
                 found = sample_from_example(dataset[0])
                 if found is not None:
