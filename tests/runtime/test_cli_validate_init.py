@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from finetune_runtime.cli import main
-from finetune_runtime.config import parse_config
+from finetune_runtime.config import load_config, parse_config
 from finetune_runtime.presets import preset_names, preset_text, render_preset
 
 DATA = Path(__file__).parent / "data"
@@ -254,6 +254,9 @@ def test_init_then_validate_as_processes_from_another_directory(tmp_path, finetu
     data, summary = result["data"], result["summary"]
     assert data["train_examples"] == 140 and data["eval_examples"] == 16
     assert 0.85 < data["packing_efficiency"] <= 1
-    per_epoch = math.ceil(math.ceil(data["train_rows"] / 4) / 1)
+    training = load_config(work / "finetune.yaml").training
+    per_epoch = math.ceil(
+        math.ceil(data["train_rows"] / training.batch_size) / training.gradient_accumulation_steps
+    )
     assert summary["steps_per_epoch"] == per_epoch
-    assert summary["total_steps"] == per_epoch * 2
+    assert summary["total_steps"] == per_epoch * training.epochs
