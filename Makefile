@@ -44,6 +44,7 @@ typecheck: $(STAMP)
 ## Regenerate the CRD from the runtime config schema (a test fails on drift).
 crd: $(STAMP)
 	$(PY) -m finetune_operator.crd > crds/finetunejob.yaml
+	cp crds/finetunejob.yaml charts/finetune-operator/crds/finetunejob.yaml
 
 ## Copy the generated CRD into the chart (a test fails when they differ) and lint the chart
 ## with the helm binary that the dev extra ships.
