@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
+
+PROGRESS_HOST_ENV = "FINETUNE_PROGRESS_HOST"
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +33,10 @@ def add_progress_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: $FINETUNE_PROGRESS_PORT or 9400; 0 picks a free port)",
     )
     parser.add_argument(
+        "--progress-host",
+        help=f"address the progress endpoint binds (default: ${PROGRESS_HOST_ENV} or 0.0.0.0)",
+    )
+    parser.add_argument(
         "--no-progress-server",
         dest="progress_server",
         action="store_false",
@@ -48,7 +55,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("config", help="training config (YAML or JSON)")
     add_run_arguments(parser)
     add_progress_arguments(parser)
+    add_output_arguments(parser)
     parser.set_defaults(func=main)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where rank 0 publishes the finished weights (see finetune_runtime.outputs)."""
+    from finetune_runtime import outputs
+
+    parser.add_argument(
+        "--output-uri",
+        metavar="S3_URI",
+        help="after training, upload output_dir/adapter (or model) to S3_URI/adapter/ "
+        f"(or /model/); default ${outputs.URI_ENV}",
+    )
+    parser.add_argument(
+        "--merge",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --output-uri: also merge the adapter into the base model and upload it to "
+        f"S3_URI/merged/ (default ${outputs.MERGE_ENV})",
+    )
+    parser.add_argument(
+        "--output-endpoint-url",
+        help=f"S3 endpoint for the upload (default ${outputs.ENDPOINT_ENV}, then the AWS chain)",
+    )
+    parser.add_argument(
+        "--output-region", help=f"region for the upload (default ${outputs.REGION_ENV})"
+    )
 
 
 def load_with_overrides(args: argparse.Namespace) -> Any:
@@ -77,13 +111,29 @@ def train_options(args: argparse.Namespace, base_dir: Path | None) -> Any:
         resume=args.resume,
         serve_progress=getattr(args, "progress_server", False),
         progress_port=getattr(args, "progress_port", None),
+        progress_host=getattr(args, "progress_host", None)
+        or os.environ.get(PROGRESS_HOST_ENV, "").strip()
+        or "0.0.0.0",
     )
 
 
 def main(args: argparse.Namespace) -> int:
+    from finetune_runtime import outputs
+    from finetune_runtime.train.backend import distributed_env
     from finetune_runtime.train.loop import train
     from finetune_runtime.train.signals import EXIT_PREEMPTED
 
     config = load_with_overrides(args)
-    result = train(config, train_options(args, Path(args.config).resolve().parent))
-    return EXIT_PREEMPTED if result.stopped else 0
+    target = outputs.resolve_target(
+        args.output_uri, args.merge, args.output_endpoint_url, args.output_region
+    )
+    if target is not None:
+        outputs.check_target(target, config.adapter)
+    base_dir = Path(args.config).resolve().parent
+    result = train(config, train_options(args, base_dir))
+    if result.stopped:
+        return EXIT_PREEMPTED
+    rank, _, _ = distributed_env()
+    if target is not None and rank == 0 and result.weights_dir is not None:
+        outputs.publish(target, config, result.weights_dir, base_dir)
+    return 0
