@@ -10,6 +10,7 @@ errors can point at `file:line`.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import yaml
@@ -52,11 +53,29 @@ def check_size(text: str | bytes, source: str) -> None:
         )
 
 
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """PyYAML composes nodes recursively: refuse deep nesting before Python's stack runs out."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH + 1:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, f"config nests deeper than {MAX_DEPTH} levels", mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def load_yaml(text: str, source: str) -> tuple[Any, LineIndex]:
     """Parse one YAML document into plain Python data plus a LineIndex."""
     check_size(text, source)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_DepthLimitedLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else None
@@ -97,7 +116,7 @@ class _Builder:
             for key_node, value_node in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     raise self._fail(key_node, "YAML merge keys (<<) are not supported in configs")
-                key = self.constructor.construct_object(key_node, deep=True)
+                key = self._scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
                 if not isinstance(key, str | int | float | bool):
                     raise self._fail(key_node, "mapping keys must be plain scalars")
                 key = str(key)
@@ -110,7 +129,24 @@ class _Builder:
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+        return self._scalar(node)
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        """A scalar as JSON would carry it: timestamps stay text, binary is refused."""
+        if node.tag == "tag:yaml.org,2002:timestamp":
+            return str(node.value)  # `2024-01-01` is a name or a path here, not a date
+        if node.tag == "tag:yaml.org,2002:binary":
+            raise self._fail(node, "binary (!!binary) values are not supported in configs")
         try:
-            return self.constructor.construct_object(node, deep=True)
+            value = self.constructor.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
-            raise self._fail(node, f"invalid value: {exc}") from exc
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise self._fail(node, f"invalid value: {problem}") from exc
+        except (ValueError, TypeError, IndexError, AttributeError) as exc:
+            # e.g. `!!int ''`, `!!float abc`, or an integer with more than 4300 digits
+            kind = str(node.tag).rsplit(":", 1)[-1]
+            shown = node.value if len(node.value) <= 40 else node.value[:37] + "..."
+            raise self._fail(node, f"invalid value: {shown!r} is not a valid {kind}") from exc
+        if isinstance(value, datetime.date):
+            return str(node.value)
+        return value
