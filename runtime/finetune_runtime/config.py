@@ -59,7 +59,8 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # No NaN/inf: `.inf` passes `gt=0` and breaks the step arithmetic later; JSON has neither.
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class LoraSettings(_Section):
@@ -409,9 +410,9 @@ def _field_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     model: type[BaseModel] | None = FineTuneConfig
     for part in loc:
         if isinstance(part, str):
+            # Below a model every part is a key the user wrote (even `str` or `a[b`); tags
+            # only follow a field whose value is not a model (a union such as deepspeed's).
             if model is None and _looks_like_type_tag(part):
-                continue
-            if model is not None and part not in model.model_fields and _looks_like_type_tag(part):
                 continue
             field = model.model_fields.get(part) if model is not None else None
             model = _model_in(field.annotation) if field is not None else None
