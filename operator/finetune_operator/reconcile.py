@@ -90,6 +90,9 @@ class _Cycle:
             self.decision.delete.append(ref)
 
     def finish(self) -> Decision:
+        phase = self.phase
+        if phase in s.PHASES:
+            self.conditions = s.kstatus_conditions(self.conditions, phase, self.now)
         self.status["conditions"] = self.conditions
         return self.decision
 
@@ -109,12 +112,11 @@ def reconcile(
         and (s.get_condition(cy.conditions, s.FAILED) or {}).get("reason") == INVALID_SPEC
     )
     retry_invalid = was_invalid and cy.old.get("observedGeneration") != generation
+    if generation is not None:  # every cycle, finished jobs too (GitOps tools wait on it)
+        cy.status["observedGeneration"] = generation
     if cy.phase in TERMINAL and not retry_invalid:
         _finished(cy, _run_policy(job))
         return cy.finish()
-
-    if generation is not None:
-        cy.status["observedGeneration"] = generation
     try:
         valid = validate_job(job)
         source = f"FineTuneJob {cy.ref.namespace}/{cy.ref.name} spec.config"

@@ -19,7 +19,23 @@ SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 SUSPENDED = "Suspended"
 PHASES = (PENDING, CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
-CONDITION_TYPES = (CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
+ACTIVE_PHASES = (PENDING, CREATED, RUNNING, RESTARTING)
+# kstatus's standard conditions (Flux `wait: true`, cli-utils, `kubectl wait`), derived from
+# the phase alongside the phase conditions.
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+CONDITION_TYPES = (
+    CREATED,
+    RUNNING,
+    RESTARTING,
+    SUCCEEDED,
+    FAILED,
+    SUSPENDED,
+    READY,
+    RECONCILING,
+    STALLED,
+)
 
 
 def rfc3339(when: datetime) -> str:
@@ -75,6 +91,27 @@ def clear_condition(
     if get_condition(conditions, type_) is None:
         return conditions
     return set_condition(conditions, type_, False, reason, message, now)
+
+
+def kstatus_conditions(
+    conditions: list[dict[str, Any]], phase: str, now: datetime
+) -> list[dict[str, Any]]:
+    """Set Ready/Reconciling/Stalled from the phase, so kstatus reads the job correctly.
+
+    kstatus calls a resource InProgress while `Reconciling` is True, Failed while `Stalled`
+    is True, and Current otherwise (once observedGeneration caught up): so Reconciling is
+    True while the job is pending or training, Stalled when it failed, Ready when it
+    succeeded. A suspended job is Current (neither), as the Argo CD health check has it.
+    """
+    why = get_condition(conditions, phase) or {}
+    reason = str(why.get("reason") or phase)
+    message = str(why.get("message") or f"The job is {phase}.")
+    done = phase == SUCCEEDED
+    active = phase in ACTIVE_PHASES
+    failed = phase == FAILED
+    out = set_condition(conditions, READY, done, reason if done else phase, message, now)
+    out = set_condition(out, RECONCILING, active, reason if active else phase, message, now)
+    return set_condition(out, STALLED, failed, reason if failed else phase, message, now)
 
 
 # ------------------------------------------------------------------------------- pod facts
