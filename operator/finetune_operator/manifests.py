@@ -295,6 +295,7 @@ def worker_pod(
 
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds,
         "hostname": hostname(job, rank),
         "subdomain": service_name(job),
         "automountServiceAccountToken": False,

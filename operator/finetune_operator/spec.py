@@ -32,6 +32,8 @@ _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
 
 DEFAULT_STORAGE_SIZE = "10Gi"
+# torchrun's shutdown timeout (30 s) plus time to write one checkpoint.
+DEFAULT_GRACE_SECONDS = 120
 
 
 def _quantity(value: Any) -> str:
@@ -181,6 +183,13 @@ class RunPolicy(_Model):
     ttl_seconds_after_finished: int | None = Field(None, ge=0)
     suspend: bool = False
     clean_pod_policy: Literal["None", "Running", "All"] = "Running"
+    termination_grace_period_seconds: int = Field(
+        DEFAULT_GRACE_SECONDS,
+        ge=0,
+        description="Workers' terminationGracePeriodSeconds: on SIGTERM (preemption, suspend, "
+        "a replaced gang) the trainers finish their step and checkpoint; torchrun alone "
+        "waits up to 30 s for them, so leave room for one checkpoint on top.",
+    )
 
 
 class FineTuneJobSpec(_Model):
