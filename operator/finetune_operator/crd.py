@@ -119,6 +119,14 @@ def status_schema() -> dict[str, Any]:
                 "Workers of the current attempt.",
             ),
             "progress": progress,
+            "outputs": _obj(
+                {
+                    "adapter": _t("string", "The trained adapter (s3:// prefix)."),
+                    "model": _t("string", "The fully fine-tuned model (s3:// prefix)."),
+                    "merged": _t("string", "The adapter merged into the base model."),
+                },
+                "Where rank 0 uploaded the results (spec.output), once the job succeeded.",
+            ),
         },
         "Observed state, written by the operator.",
     )

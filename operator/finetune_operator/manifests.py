@@ -230,8 +230,25 @@ def worker_env(
         {"name": "FINETUNE_CACHE", "value": c.CACHE_DIR},
         {"name": "FINETUNE_JOB_NAME", "value": job.name},
     ]
+    env += output_env(spec)
     env += [item.model_dump(exclude_none=True) for item in spec.env]
     return env
+
+
+def output_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    """Where rank 0 publishes the weights (`finetune train` reads FINETUNE_OUTPUT_*)."""
+    out = spec.output
+    if out is None:
+        return []
+    env = [
+        {"name": "FINETUNE_OUTPUT_URI", "value": out.uri},
+        {"name": "FINETUNE_OUTPUT_MERGE", "value": "true" if out.merge else "false"},
+    ]
+    if out.endpoint:
+        env.append({"name": "FINETUNE_OUTPUT_ENDPOINT_URL", "value": out.endpoint})
+    if out.region:
+        env.append({"name": "FINETUNE_OUTPUT_REGION", "value": out.region})
+    return env + _credentials_env(out)
 
 
 def spec_hash(spec: FineTuneJobSpec, config_yaml: str) -> str:

@@ -69,6 +69,7 @@ class _Cycle:
         self.decision = Decision(status=self.status)
         self.conditions: list[dict[str, Any]] = list(self.status.get("conditions") or [])
         self.digest: str | None = None  # spec hash of the gang the spec asks for
+        self.outputs: dict[str, str] | None = None  # status.outputs once it succeeds
 
     # -- small helpers
     @property
@@ -124,6 +125,7 @@ def reconcile(
     except SpecError as exc:
         _fail(cy, INVALID_SPEC, str(exc), _run_policy(job))
         return cy.finish()
+    cy.outputs = s.outputs_status(valid.spec.output, valid.config.adapter)
     if retry_invalid:  # the user fixed the spec: start over with a fresh gang
         cy.status.pop("completionTime", None)
         cy.uncond(s.FAILED, "SpecFixed", "The spec is valid again.")
@@ -370,6 +372,8 @@ def _active(
         _complete(
             cy, s.SUCCEEDED, "AllWorkersSucceeded", f"All {spec.nodes} worker(s) succeeded.", policy
         )
+        if cy.outputs is not None:  # rank 0 exits 0 only after its uploads succeeded
+            cy.status["outputs"] = cy.outputs
         progress = cy.status.get("progress")
         if isinstance(progress, dict):  # the last poll may predate the final step
             progress.update({"percent": 100.0, "state": "completed"})

@@ -97,6 +97,15 @@ class S3Source(_Model):
         return value
 
 
+class S3Output(S3Source):
+    """Where rank 0 uploads the finished weights: `<uri>/adapter/` (a full fine-tune:
+    `<uri>/model/`) and, with `merge`, the merged model to `<uri>/merged/`."""
+
+    merge: bool = Field(
+        False, description="Also merge the adapter into the base model and upload it."
+    )
+
+
 class Storage(_Model):
     """The checkpoint volume, mounted at /checkpoints in every worker."""
 
@@ -209,6 +218,9 @@ class FineTuneJobSpec(_Model):
     storage: Storage = Field(default_factory=Storage)
     dataset: S3Source | None = None
     model: S3Source | None = None
+    output: S3Output | None = Field(
+        None, description="Upload the trained weights here once training succeeded."
+    )
     env: list[EnvVar] = Field(default_factory=list)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
@@ -387,4 +399,14 @@ def validate_job(body: dict[str, Any]) -> ValidJob:
             for i in exc.issues
         ]
         raise SpecError(issues, text=str(exc)) from None
+    if spec.output is not None and spec.output.merge and config.adapter == "none":
+        raise SpecError(
+            [
+                SpecIssue(
+                    "spec.output.merge",
+                    "a full fine-tune (spec.config adapter: none) has no adapter to merge; its "
+                    "model is uploaded as it is: drop merge",
+                )
+            ]
+        )
     return ValidJob(spec=spec, config=config)

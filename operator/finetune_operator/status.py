@@ -114,6 +114,19 @@ def kstatus_conditions(
     return set_condition(out, STALLED, failed, reason if failed else phase, message, now)
 
 
+def outputs_status(output: Any, adapter: str) -> dict[str, str] | None:
+    """`status.outputs`: where rank 0 uploaded the weights (the URIs `finetune train
+    --output-uri` writes: `<uri>/adapter/` or `<uri>/model/`, and `<uri>/merged/`)."""
+    if output is None:
+        return None
+    base = str(output.uri).rstrip("/")
+    weights = "model" if adapter == "none" else "adapter"
+    out = {weights: f"{base}/{weights}/"}
+    if output.merge:
+        out["merged"] = f"{base}/merged/"
+    return out
+
+
 # ------------------------------------------------------------------------------- pod facts
 
 
