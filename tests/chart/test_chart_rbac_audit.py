@@ -249,6 +249,9 @@ def test_every_operator_request_is_authorized_by_the_chart(
     cluster, kubelet = emulated
     operator = ChartOperator(cluster, _dir(tmp_path / "operator"), pod["containers"][0]["args"])
     assert cluster.server is not None
+    # The harness trims kmock's request log to keep matching fast; this audit needs every
+    # request of one short run, so keep them all here.
+    cluster.server.KEEP_REQUESTS = 1_000_000
     seen_before = len(cluster.server._requests)  # the operator's startup scans count too
     operator.start()
     try:
