@@ -155,8 +155,18 @@ def build_tiny_llama(dest: Path, spec: TinySpec = TinySpec(), seed: int = 0) -> 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        # Not model.save_pretrained: with torch.distributed initialised, transformers writes
+        # weights on global rank 0 only, and a rank > 0 building its own cache (another node
+        # of a gang) would publish a model directory without weights.
+        from safetensors.torch import save_file
+
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        model.config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if not (tmp / "config.json").is_file():
+            raise OSError(f"config.json was not written to {tmp}")
         if dest.exists():  # another process won the race; keep theirs
             shutil.rmtree(tmp)
             return dest
