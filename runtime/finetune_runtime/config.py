@@ -59,8 +59,11 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class _Section(BaseModel):
-    # No NaN/inf: `.inf` passes `gt=0` and breaks the step arithmetic later; JSON has neither.
-    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+    # No NaN/inf in typed fields: `.inf` passes `gt=0` and breaks the step arithmetic later.
+    # Free-form dicts (deepspeed, lora.options) keep theirs through to_yaml (as .inf/.nan).
+    model_config = ConfigDict(
+        extra="forbid", validate_default=True, allow_inf_nan=False, ser_json_inf_nan="constants"
+    )
 
 
 class LoraSettings(_Section):
@@ -464,5 +467,5 @@ def _parse_field(field: str) -> tuple[str | int, ...]:
         head, *indices = chunk.split("[")
         if head:
             parts.append(head)
-        parts.extend(int(i) for i in indices if i.isdigit())
+        parts.extend(int(i) for i in indices if i.isascii() and i.isdigit())  # not '²'
     return tuple(parts)
