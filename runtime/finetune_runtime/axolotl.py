@@ -519,6 +519,7 @@ def _custom_type(spec: dict[str, Any]) -> dict[str, Any]:
         ds["prompt_format"] = spec["format"]
     if spec.get("no_input_format") is not None:
         ds["no_input_format"] = spec["no_input_format"]
-    if spec.get("system_format") is not None and spec.get("system_prompt") is not None:
-        ds["system_prompt"] = str(spec["system_format"]).replace("{system}", spec["system_prompt"])
+    fmt, prompt = spec.get("system_format"), spec.get("system_prompt")
+    if isinstance(fmt, str) and isinstance(prompt, str):  # else the schema reports the type
+        ds["system_prompt"] = fmt.replace("{system}", prompt)
     return ds
