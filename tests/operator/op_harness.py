@@ -502,8 +502,11 @@ class Kubelet:
 class Operator:
     """The real operator: the `finetune-operator` console script in a subprocess."""
 
-    def __init__(self, cluster: Cluster, workdir: Path, progress_port: int) -> None:
+    def __init__(
+        self, cluster: Cluster, workdir: Path, progress_port: int, resync_seconds: float = 1.0
+    ) -> None:
         self.cluster = cluster
+        self.resync_seconds = resync_seconds
         self.workdir = workdir
         self.progress_port = progress_port
         self.metrics_port = 0
@@ -531,7 +534,7 @@ class Operator:
             "KUBECONFIG": str(self.cluster.kubeconfig),
             "NO_PROXY": "*",
             "no_proxy": "*",
-            "FINETUNE_OPERATOR_RESYNC_SECONDS": "1",
+            "FINETUNE_OPERATOR_RESYNC_SECONDS": str(self.resync_seconds),
         }
         command = [
             self.executable(),
