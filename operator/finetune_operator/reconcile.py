@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from finetune_operator import manifests as m
@@ -136,7 +136,8 @@ def reconcile(
 
 def _run_policy(job: dict[str, Any]) -> RunPolicy:
     """The run policy even when the rest of the spec is invalid (defaults if it is too)."""
-    raw = (job.get("spec") or {}).get("runPolicy") or {}
+    spec = job.get("spec")
+    raw = (spec.get("runPolicy") if isinstance(spec, dict) else None) or {}
     try:
         return RunPolicy.model_validate(raw)
     except Exception:  # noqa: BLE001 - an invalid runPolicy falls back to the defaults
@@ -151,15 +152,19 @@ def _finished(cy: _Cycle, policy: RunPolicy) -> None:
     _clean_pods(cy, policy)
     if policy.ttl_seconds_after_finished is not None:
         done = s.parse_time(cy.status.get("completionTime"))
-        if done is not None and cy.now >= done + timedelta(
-            seconds=policy.ttl_seconds_after_finished
-        ):
+        if done is not None and _elapsed(done, cy.now) >= policy.ttl_seconds_after_finished:
             cy.decision.delete_job = True
             cy.event(
                 "Normal",
                 "TTLExpired",
                 f"Deleting the job {policy.ttl_seconds_after_finished}s after it finished.",
             )
+
+
+def _elapsed(since: datetime, now: datetime) -> float:
+    """Seconds from `since` to `now`. Compared with the policy's seconds rather than adding
+    them to a datetime: a huge (valid int64) deadline would overflow datetime's range."""
+    return (now - since).total_seconds()
 
 
 def _clean_pods(cy: _Cycle, policy: RunPolicy) -> None:
@@ -292,8 +297,9 @@ def _active(
     started = s.parse_time(cy.status.get("startTime"))
     if started is None:
         cy.status["startTime"] = s.rfc3339(cy.now)
-    elif policy.active_deadline_seconds is not None and cy.now >= started + timedelta(
-        seconds=policy.active_deadline_seconds
+    elif (
+        policy.active_deadline_seconds is not None
+        and _elapsed(started, cy.now) >= policy.active_deadline_seconds
     ):
         _workers(cy, current)
         _fail(
