@@ -7,6 +7,7 @@ knows about prompt formats.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from dataclasses import dataclass
@@ -86,12 +87,14 @@ def read_rows(path: Path, display: str | None = None) -> list[Row]:
         raw = path.read_bytes()
     except OSError as exc:
         raise DatasetError(f"cannot read dataset: {exc.strerror}", shown) from exc
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
+        at = bom + exc.start  # exc.start counts from after the BOM
+        line = raw.count(b"\n", 0, at) + 1
         raise DatasetError(
-            f"not UTF-8 text (invalid byte 0x{raw[exc.start]:02x}); re-encode the file as UTF-8",
+            f"not UTF-8 text (invalid byte 0x{raw[at]:02x}); re-encode the file as UTF-8",
             shown,
             line,
         ) from exc
@@ -121,7 +124,9 @@ def load_rows(path: str, base_dir: Path | None = None) -> list[tuple[str, Row]]:
 
 def _read_jsonl(text: str, shown: str) -> list[Row]:
     rows: list[Row] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only '\n' ends a line: JSON strings may hold U+2028, U+0085, ... (str.splitlines
+    # would break such a row apart); a '\r' before it is JSON whitespace.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -133,6 +138,8 @@ def _read_jsonl(text: str, shown: str) -> list[Row]:
                 shown,
                 number,
             ) from exc
+        except (ValueError, RecursionError) as exc:
+            raise DatasetError(_unreadable(exc), shown, number) from exc
         rows.append(Row(data, number, len(rows), f"line {number}"))
     return rows
 
@@ -156,6 +163,8 @@ def _read_json_array(text: str, shown: str) -> list[Row]:
                 shown,
                 exc.lineno,
             ) from exc
+        except (ValueError, RecursionError) as exc:
+            raise DatasetError(f"item [{len(rows)}]: {_unreadable(exc)}", shown, line) from exc
         rows.append(Row(data, line, len(rows), f"item [{len(rows)}]"))
         pos = _skip_ws(text, end)
         if pos < len(text) and text[pos] == ",":
@@ -174,6 +183,13 @@ def _read_json_array(text: str, shown: str) -> list[Row]:
             text.count("\n", 0, pos) + 1,
         )
     return rows
+
+
+def _unreadable(exc: ValueError | RecursionError) -> str:
+    """Valid JSON syntax that Python's decoder still refuses."""
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply to read; flatten the record"
+    return f"unreadable JSON value ({str(exc).split(':')[0]})"  # e.g. a 5000-digit number
 
 
 def _skip_ws(text: str, pos: int) -> int:
