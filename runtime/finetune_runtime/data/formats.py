@@ -114,11 +114,26 @@ def check_settings(settings: DatasetSettings, where: str) -> None:
         if fmt is None:
             continue
         try:
-            names = {n for _, n, _, _ in string.Formatter().parse(fmt) if n is not None}
+            fields = [(n, c, f) for _, n, f, c in string.Formatter().parse(fmt) if n is not None]
         except ValueError as exc:
             raise DatasetError(
                 f"{where}.{key}: invalid template ({exc}); write literal braces as {{{{ and }}}}"
             ) from exc
+        # `{instruction:d}`, `{input!x}` fail per row; `{instruction:>9999999999}` exhausts
+        # memory; `{instruction:{input}}` takes its format spec from the data.
+        fancy = sorted(
+            {
+                "{" + n + (f"!{c}" if c else "") + (f":{f}" if f else "") + "}"
+                for n, c, f in fields
+                if c or f
+            }
+        )
+        if fancy:
+            raise DatasetError(
+                f"{where}.{key}: placeholders take no conversion or format spec: "
+                f"{', '.join(fancy)}; write {{instruction}}, {{input}} or {{system}}"
+            )
+        names = {n for n, _, _ in fields}
         unknown = sorted(n for n in names if n not in CUSTOM_PLACEHOLDERS)
         if unknown:
             listed = ", ".join("{" + n + "}" for n in unknown)
