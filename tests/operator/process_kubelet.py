@@ -247,10 +247,8 @@ class PodRun:
             if code != 0:
                 self._report("Failed", main_state={"waiting": {"reason": "PodInitializing"}})
                 return
-        (main, *_) = spec["containers"]
-        run = ContainerRun(main["name"], self._log_path(main["name"]))
-        self.containers[main["name"]] = run
-        code = self._run_container(main, mounts, envs[main["name"]], run)
+        main = spec["containers"][0]
+        code = self._run_container(main, mounts, envs[main["name"]])
         if code is None:
             return
         self._report("Succeeded" if code == 0 else "Failed")
@@ -260,11 +258,10 @@ class PodRun:
         container: dict[str, Any],
         mounts: dict[str, dict[str, Path]],
         env: dict[str, str],
-        run: ContainerRun | None = None,
     ) -> int | None:
         """Run one container to completion; its exit code, or None if the pod was deleted."""
         name = container["name"]
-        run = run or ContainerRun(name, self._log_path(name))
+        run = ContainerRun(name, self._log_path(name))
         self.containers[name] = run
         own = mounts[name]
         argv = [rewrite_path(a, own) for a in [*container["command"], *container.get("args", [])]]
