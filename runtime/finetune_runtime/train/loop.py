@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from finetune_runtime.config import FineTuneConfig
+from finetune_runtime.data.pipeline import TokenizedDataset
 from finetune_runtime.data.tokenize import IGNORE_INDEX
 from finetune_runtime.errors import ConfigError
 from finetune_runtime.generate import Sample, sample_from_example
@@ -574,7 +575,7 @@ class Trainer:
         )
 
     @staticmethod
-    def _sample(datasets: tuple[Dataset | None, ...]) -> Sample | None:
+    def _sample(datasets: tuple[TokenizedDataset | None, ...]) -> Sample | None:
         for dataset in datasets:
             if dataset is not None and len(dataset):
                 found = sample_from_example(dataset[0])
