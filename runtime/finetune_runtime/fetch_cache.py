@@ -42,6 +42,8 @@ def safe_relpath(rel: str, uri: str) -> PurePosixPath:
             f"refusing to fetch {uri}: key {rel!r} would land outside the destination "
             "(empty, absolute, '.' or '..' path components)"
         )
+    if "\x00" in rel:  # S3 allows it (URL-encoded listings); no local file name does
+        raise FetchError(f"refusing to fetch {uri}: key {rel!r} contains a NUL byte")
     return PurePosixPath(*parts)
 
 
