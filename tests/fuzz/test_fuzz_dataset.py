@@ -182,6 +182,8 @@ def test_json_arrays_and_invalid_utf8(
     raw = (b"\xef\xbb\xbf" if bom else b"") + body
     if bad_byte is not None:
         at = start + bad_byte % len(body)
+        while at < len(raw) and 0x80 <= raw[at] <= 0xBF:
+            at += 1  # between characters: inside one, the lead byte would be the bad one
         raw = raw[:at] + b"\xff" + raw[at:]
     result = read(tmp, "rows.json", raw)
     if bad_byte is None:
