@@ -8,12 +8,17 @@ Per scale, a fresh emulated cluster and a fresh `finetune-operator` process:
 3. the emulator stamps, on one monotonic clock, when each job was created, when each of
    its worker pods was created, and when the operator wrote `status.phase: Running`;
 4. a watch-driven kubelet stand-in (the harness's Kubelet patch, fed by a pod watch
-   instead of polling) moves every new pod to Running, as a node would;
-5. after every job is Running (or a timeout), RSS is sampled again.
+   instead of polling) moves every new pod to Running, as a node would (optional);
+5. after every job is Running (or has its pods, without the kubelet stand-in, or a
+   timeout), RSS is sampled again.
 
 What is simulated, because it cannot exist here: the kubelet/scheduler (pod phases and
 IPs) and the apiserver itself (kmock's emulator, one Python thread in this process).
 The emulator's background garbage collector is off: nothing is deleted in this bench.
+By default the emulator is made "lean" (`_NameIndex`, `_forget`): its per-request cost
+otherwise grows with every stored object and recorded request, and at a few hundred jobs
+the bench would time the emulator rather than the operator. `lean=False` runs it as the
+operator tests do, for comparison.
 """
 
 from __future__ import annotations

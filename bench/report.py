@@ -80,8 +80,13 @@ def _throughput(results: dict[str, Any]) -> list[str]:
         "order rotated per round. Throughput = non-pad input tokens per second (padding and "
         "the tail of packed rows never count), the same for every variant. Baseline batches: "
         "`DataCollatorForSeq2Seq(padding='longest')` (padded to the longest row of each "
-        "micro-batch), same tokenized examples as ours. Ratio = median over rounds of "
-        "(variant / baseline in the same round). Peak RSS = the worker's `ru_maxrss`.",
+        "micro-batch), same tokenized examples as ours. 'vs baseline' = median over rounds "
+        "of (variant / baseline tokens/s in the same round). Both padded runs see the same "
+        "batches in the same order (equal token counts step by step), so their steps can be "
+        "paired: 'same-batch step speed' = median over all timed steps of baseline step "
+        "time / our step time, which a long or short batch cannot skew. 'Median step "
+        "tokens/s': the median step's rate, robust to a load spike hitting a few steps. "
+        "Peak RSS = the worker's `ru_maxrss` (imports, model, data, training, final save).",
         "",
         f"Load average during these runs: {_load(t.get('load'))}.",
         "",
@@ -97,6 +102,10 @@ def _throughput(results: dict[str, Any]) -> list[str]:
                 _f(row["tokens_per_s"], 0),
                 _f(row["ratio_vs_baseline"], 2) + "×",
                 ", ".join(f"{x:.0f}" for x in row["tokens_per_s_runs"]),
+                _f(row.get("step_median_tokens_per_s"), 0),
+                (_f(row["paired_step_ratio"], 2) + f"× ({row['paired_steps']} steps)")
+                if row.get("paired_step_ratio")
+                else "– (other batches)",
                 _f(row["tokens_per_step"], 0),
                 _f(row["peak_rss_mib"], 0),
                 _f(row["rss_ratio_vs_baseline"], 2) + "×",
@@ -109,6 +118,8 @@ def _throughput(results: dict[str, Any]) -> list[str]:
             "tokens/s (median)",
             "vs baseline",
             "tokens/s per round",
+            "median step tokens/s",
+            "same-batch step speed vs baseline",
             "tokens/step",
             "peak RSS MiB",
             "RSS vs baseline",

@@ -35,7 +35,7 @@ class Sizes:
     accumulation: int = 2
     warmup: int = 3
     steps: int = 12
-    repeats: int = 3
+    repeats: int = 4
     matmul_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
     best_of: int = 5
     packing_rows: int = 1000
@@ -107,6 +107,18 @@ def _brief(result: dict[str, Any]) -> str:
     return f"peak {result.get('peak_flops', 0) / 1e9:.1f} GFLOP/s"
 
 
+def paired_step_ratios(baseline: dict[str, Any], other: dict[str, Any]) -> list[float]:
+    """Per optimizer step, baseline step time / other step time, where both trained on
+    the very same batches (equal token counts step by step: same data, same order).
+
+    The two runs of a round are minutes apart, so this still sees load changes between
+    them, but not the mix of long and short batches. Empty when the batches differ
+    (packing)."""
+    if baseline.get("step_tokens") != other.get("step_tokens"):
+        return []
+    return [b / o for b, o in zip(baseline["step_seconds"], other["step_seconds"], strict=True)]
+
+
 def summarize_runtime(raw: dict[str, Any], baseline: str = "hf_trainer") -> dict[str, Any]:
     """Medians per variant and per-round paired ratios against the baseline."""
     runs = raw["runs"]
@@ -127,8 +139,17 @@ def summarize_runtime(raw: dict[str, Any], baseline: str = "hf_trainer") -> dict
             for rnd in by_round.values()
             if v in rnd and baseline in rnd
         ]
+        step_ratios = [
+            ratio
+            for rnd in by_round.values()
+            if v in rnd and baseline in rnd
+            for ratio in paired_step_ratios(rnd[baseline], rnd[v])
+        ]
         table[v] = {
             "tokens_per_s": median(r["tokens_per_s"] for r in mine),
+            "step_median_tokens_per_s": median(r["step_median_tokens_per_s"] for r in mine),
+            "paired_step_ratio": median(step_ratios) if step_ratios else None,
+            "paired_steps": len(step_ratios),
             "tokens_per_s_runs": [round(r["tokens_per_s"], 1) for r in mine],
             "ratio_vs_baseline": median(ratios) if ratios else None,
             "ratio_runs": [round(x, 3) for x in ratios],

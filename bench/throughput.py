@@ -43,7 +43,19 @@ def _window(marks: list[tuple[float, int]], warmup: int, steps: int) -> dict[str
     t0, k0 = marks[warmup - 1]
     t1, k1 = marks[warmup + steps - 1]
     seconds = t1 - t0
-    return {"seconds": seconds, "tokens": k1 - k0, "tokens_per_s": (k1 - k0) / seconds}
+    timed = marks[warmup - 1 : warmup + steps]
+    step_seconds = [b[0] - a[0] for a, b in zip(timed, timed[1:], strict=False)]
+    step_tokens = [b[1] - a[1] for a, b in zip(timed, timed[1:], strict=False)]
+    rates = sorted(n / dt for n, dt in zip(step_tokens, step_seconds, strict=True))
+    return {
+        "seconds": seconds,
+        "tokens": k1 - k0,
+        "tokens_per_s": (k1 - k0) / seconds,
+        # Robust to a load spike hitting a few steps: the median step's rate.
+        "step_median_tokens_per_s": rates[len(rates) // 2],
+        "step_seconds": step_seconds,
+        "step_tokens": step_tokens,
+    }
 
 
 def _config(args: dict[str, Any], packed: bool, output_dir: str) -> Any:

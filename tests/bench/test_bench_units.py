@@ -91,7 +91,9 @@ def test_window_times_steps_after_warmup():
     marks = [(1.0, 10), (2.0, 30), (4.0, 70), (5.0, 90)]
     result = _window(marks, warmup=1, steps=2)
     # from the end of step 1 (t=1, 10 tokens) to the end of step 3 (t=4, 70 tokens)
-    assert result == {"seconds": 3.0, "tokens": 60, "tokens_per_s": 20.0}
+    assert (result["seconds"], result["tokens"], result["tokens_per_s"]) == (3.0, 60, 20.0)
+    assert result["step_seconds"] == [1.0, 2.0] and result["step_tokens"] == [20, 40]
+    assert result["step_median_tokens_per_s"] == 20.0  # rates 20 and 20
     with pytest.raises(RuntimeError, match="only 4 steps"):
         _window(marks, warmup=2, steps=3)
     with pytest.raises(ValueError, match="warmup"):
@@ -126,7 +128,11 @@ def _fake_results() -> dict:
                     "round": round_,
                     "variant": variant,
                     "tokens_per_s": tps,
+                    "step_median_tokens_per_s": tps,
                     "tokens": tps * 10,
+                    # packed runs see other batches; padded ones the same batches
+                    "step_tokens": [5, 7] if variant == "ours_packed" else [3, 4],
+                    "step_seconds": [1.0, 2.0] if variant == "hf_trainer" else [0.5, 2.5],
                     "peak_rss_mib": rss,
                     "rss_after_setup_mib": 400.0,
                     "flops": {**flops, "full_finetune": False},
@@ -149,6 +155,9 @@ def test_summary_uses_paired_ratios_and_renders():
     assert ours["ratio_vs_baseline"] == pytest.approx((110 / 100 + 108 / 90) / 2)
     assert ours["rss_ratio_vs_baseline"] == pytest.approx(0.9)
     assert summary["variants"]["hf_trainer"]["ratio_vs_baseline"] == 1.0
+    # step ratios 1/0.5 and 2/2.5 in each of two rounds: median of [2, 0.8, 2, 0.8]
+    assert ours["paired_step_ratio"] == pytest.approx(1.4) and ours["paired_steps"] == 4
+    assert summary["variants"]["ours_packed"]["paired_step_ratio"] is None
     assert summary["peak_flops"] == 1e9
     table = flops_table(summary)
     per_token = 4 * 1000 + 6 * 10 + 12 * 2 * 8 * 5
@@ -175,6 +184,7 @@ def test_summary_uses_paired_ratios_and_renders():
     text = render(results)
     assert "`python -m bench.run --quick`" in text
     assert "1.15×" in text  # ours vs baseline, median of the paired ratios
+    assert "1.40× (4 steps)" in text and "– (other batches)" in text
     assert "1.00 / 2.00 / 3.00" in text  # load min / median / max
     assert "4·N_mm + 6·N_ad + 12·L·d·T" in text
     assert "## Failed benches" in text and "boom" in text
