@@ -7,7 +7,6 @@ import os
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,21 +16,8 @@ for helper_dir in (TESTS, TESTS / "operator"):
     if str(helper_dir) not in sys.path:
         sys.path.insert(0, str(helper_dir))
 
+from leak_helpers import Markers  # noqa: E402
 from s3_server import TEST_REGION, FaultProxy, MotoS3  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Markers:
-    """Credential values no code path may ever print. They are deliberately *not* shaped
-    like AWS keys (no AKIA prefix), so only real redaction or non-use hides them."""
-
-    key_id: str
-    secret: str
-    token: str  # a Secret's value the operator must never read (e.g. HF_TOKEN)
-    inline: str  # a literal env value written into a spec (bad practice)
-
-    def all(self) -> tuple[str, ...]:
-        return (self.key_id, self.secret, self.token, self.inline)
 
 
 @pytest.fixture(scope="session")
@@ -43,11 +29,6 @@ def markers() -> Markers:
         token=f"marker-hf-token-{tag[::-1]}",
         inline=f"marker-inline-{tag[:16]}",
     )
-
-
-def assert_clean(text: str, markers: Markers, where: str) -> None:
-    for value in markers.all():
-        assert value not in text, f"a credential marker leaked into {where}"
 
 
 @pytest.fixture(scope="session")

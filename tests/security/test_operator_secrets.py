@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Markers, assert_clean
+from leak_helpers import Markers, assert_clean
 from op_harness import Cluster, Kubelet, Operator, free_port, wait_for
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Markers, assert_clean
+from leak_helpers import Markers, assert_clean
 from s3_server import FaultProxy, MotoS3
 
 from finetune_runtime.data import packaged_data_path
