@@ -300,7 +300,9 @@ def test_valid_config_with_garbage_around_it(prefix: str, body: str, suffix: str
         check_round_trip(result)
 
 
-@fuzz_settings(40)
+# A refused bomb costs ~0.2 s (it is expanded up to the node limit); an unbounded one would
+# take hours. 10 s leaves room for a loaded CI machine without hiding a regression.
+@fuzz_settings(40, deadline_ms=10_000)
 @given(
     width=st.integers(2, 12),
     levels=st.integers(1, 12),
@@ -330,7 +332,7 @@ def test_alias_expansion_is_bounded(width: int, levels: int, where: str) -> None
         assert any("alias" in i.message or "more than" in i.message for i in result.issues)
 
 
-@fuzz_settings(30)
+@fuzz_settings(30, deadline_ms=10_000)
 @given(
     depth=st.integers(MAX_DEPTH - 3, 3000),
     style=st.sampled_from(["flow_seq", "flow_map", "block_map", "block_seq"]),
