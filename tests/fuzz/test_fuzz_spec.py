@@ -159,7 +159,8 @@ def cycles(body: dict[str, Any], first: Decision) -> list[Decision]:
             pod["status"] = {"phase": phase, "podIP": "10.0.0.1"}
         decision = reconcile(body, Observed(pods=pods), NOW + later, SETTINGS)
         decisions.append(decision)
-        pods = [p for p in pods if m.JobRef.from_body(body) is not None]  # keep the gang
+        deleted = {ref.name for ref in decision.delete if ref.kind == "Pod"}
+        pods = [p for p in pods if p["metadata"]["name"] not in deleted]
         pods += [copy.deepcopy(p) for p in decision.create if p["kind"] == "Pod"]
     return decisions
 
