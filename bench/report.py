@@ -236,9 +236,10 @@ def _operator(o: dict[str, Any], sizes: dict[str, Any]) -> list[str]:
         "of its last worker pod, and the operator's `status.phase: Running` write. A "
         "watch-driven kubelet stand-in moves each pod to Running as soon as it appears. "
         "Latency counts from each job's own creation, so later jobs also wait behind the "
-        "earlier ones. `lean` emulator: kmock's request log trimmed to in-flight requests and "
-        "reads by name indexed (see docs/benchmarks.md); `as is`: the harness's emulator "
-        "unchanged. 'All done': every job Running, or, where the kubelet stand-in is off, "
+        "earlier ones. `lean` emulator: kmock's request log trimmed to in-flight requests, "
+        "reads by name indexed, label selectors on lists honoured (see docs/benchmarks.md); "
+        "`as is`: the harness's emulator unchanged. 'All done': every job Running, or, where "
+        "the kubelet stand-in is off, "
         "every job has its gang of pods (phase Created: all the operator decides alone). CPU "
         "columns: CPU seconds from the first job's creation until all were done (the bench "
         "process holds the emulator and the kubelet stand-in).",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.operator_scale import BenchCluster, _sets_phase, run_scale
+from bench.operator_scale import BenchCluster, _sets_phase, label_matcher, run_scale
 
 
 def test_sets_phase_reads_merge_and_json_patches():
@@ -18,6 +18,17 @@ def test_sets_phase_reads_merge_and_json_patches():
     assert _sets_phase([{"op": "replace", "path": "/status/phase", "value": "Running"}], "Running")
     assert _sets_phase([{"op": "add", "path": "/status", "value": {"phase": "Running"}}], "Running")
     assert not _sets_phase([{"op": "add", "path": "/metadata/x", "value": "Running"}], "Running")
+
+
+def test_label_matcher():
+    labels = {"app": "x", "finetune.dev/job": "j1"}
+    assert label_matcher("finetune.dev/job=j1")(labels)
+    assert label_matcher("finetune.dev/job==j1,app")(labels)
+    assert not label_matcher("finetune.dev/job=j2")(labels)
+    assert label_matcher("app!=y,!missing")(labels)
+    assert not label_matcher("missing")(labels) and not label_matcher("!app")(labels)
+    assert label_matcher("")(labels)
+    assert label_matcher("app in (x,y)") is None  # set-based: not filtered
 
 
 @pytest.fixture()
@@ -48,6 +59,14 @@ def test_lean_emulator_reads_by_name_like_the_emulator(lean_cluster: BenchCluste
     assert cluster.get("api/v1/namespaces/a/configmaps/same")["data"] == {"v": "1"}
     names = sorted(cm["metadata"]["namespace"] for cm in cluster.items("api/v1/configmaps"))
     assert names == ["a", "b"]  # lists still scan
+    for job in ("j1", "j2", "j1"):
+        cluster.post(
+            "api/v1/namespaces/a/pods",
+            {"metadata": {"generateName": "p-", "labels": {"finetune.dev/job": job}}},
+        )
+    selected = cluster.items("api/v1/namespaces/a/pods?labelSelector=finetune.dev%2Fjob%3Dj1")
+    assert [p["metadata"]["labels"]["finetune.dev/job"] for p in selected] == ["j1", "j1"]
+    assert len(cluster.items("api/v1/namespaces/a/pods")) == 3
     # the CRD, created before the index existed, is still found by name
     crd = cluster.get(
         "apis/apiextensions.k8s.io/v1/customresourcedefinitions/finetunejobs.finetune.dev"
