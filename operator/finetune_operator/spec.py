@@ -109,7 +109,9 @@ class S3Output(S3Source):
 class Storage(_Model):
     """The checkpoint volume, mounted at /checkpoints in every worker."""
 
-    existing_claim: str | None = Field(None, description="Use this PVC instead of creating one.")
+    existing_claim: str | None = Field(
+        None, min_length=1, description="Use this PVC instead of creating one."
+    )
     size: Quantity | None = Field(None, description=f"Default {DEFAULT_STORAGE_SIZE}.")
     storage_class_name: str | None = None
     access_modes: (
