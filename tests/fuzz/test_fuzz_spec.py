@@ -168,7 +168,7 @@ def cycles(body: dict[str, Any], first: Decision) -> list[Decision]:
 def exercise(body: dict[str, Any]) -> None:
     note(json.dumps(body["spec"], default=repr)[:2000])
     try:
-        validate_job(body)
+        valid_job = validate_job(body)
     except SpecError as exc:
         check_spec_error(exc)
         valid = False
@@ -187,6 +187,8 @@ def exercise(body: dict[str, Any]) -> None:
         return
     event("valid")
     assert phase in (s.CREATED, s.PENDING, s.SUSPENDED), decision.status
+    if phase == s.PENDING:  # nothing observed yet: it may wait only for a claim the user named
+        assert valid_job.spec.storage.existing_claim, decision.status
     check_children(body, decision)
     for later in cycles(body, decision):
         check_no_leak(later)
@@ -210,6 +212,7 @@ def exercise(body: dict[str, Any]) -> None:
 # Found by this test (FINETUNE_FUZZ=deep) and fixed: timedelta overflow in reconcile.
 @example([(("runPolicy", "activeDeadlineSeconds"), 251666568000)], CONFIG)
 @example([(("runPolicy", "ttlSecondsAfterFinished"), 2**63 - 1)], CONFIG)
+@example([(("storage", "existingClaim"), "")], CONFIG)  # waited forever for PVC '', fixed
 def test_wrong_or_boundary_values_at_every_spec_field(
     mutations: list[tuple[tuple[str | int, ...], Any]], config: Any
 ) -> None:
