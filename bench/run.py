@@ -43,10 +43,10 @@ class Sizes:
     latency_scales: tuple[int, ...] = (1, 100, 500)
     latency_nodes: int = 2
     harness_emulator_scale: int | None = 100  # the same scale on the unmodified emulator
-    memory_jobs: int = 1000
-    memory_nodes: int = 1
-    memory_resync: float = 60.0
-    memory_kubelet: bool = False  # Running needs a second reconcile wave: minutes more at 1000
+    memory_jobs: int = 1000  # also the 1000-job latency row
+    memory_nodes: int = 2
+    memory_resync: float = 5.0
+    memory_kubelet: bool = True  # measure at the steady state: every job Running
     resync: float = 5.0
     op_timeout: float = 600.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -71,6 +71,7 @@ QUICK = Sizes(
     memory_jobs=4,
     memory_nodes=1,
     memory_resync=5.0,
+    memory_kubelet=False,
     op_timeout=120.0,
 )
 
