@@ -161,6 +161,8 @@ def accumulate_window(model: Any, backend: Backend, window: list[dict[str, torch
                 out = model(**batch, num_items_in_batch=global_tokens)
             backend.backward(out.loss)
         total += out.loss.detach().to("cpu", torch.float64)
+        # Free the logits (batch x seq x vocab) now, not after the next micro-batch's forward.
+        del out, batch
     return float(total)
 
 
