@@ -6,23 +6,10 @@ import itertools
 from collections.abc import Iterator
 
 import pytest
+from op_cluster import cluster_fixture, kubelet_fixture  # noqa: F401  (shared fixtures)
 from op_harness import Cluster, Kubelet, Operator, free_port
 
 _namespaces = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    emulated = Cluster(tmp_path_factory.mktemp("cluster")).start()
-    yield emulated
-    emulated.stop()
-
-
-@pytest.fixture(scope="module")
-def kubelet(cluster: Cluster) -> Iterator[Kubelet]:
-    agent = Kubelet(cluster)
-    yield agent
-    agent.stop()
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from leak_helpers import Markers, assert_clean
+from op_cluster import cluster_fixture, kubelet_fixture  # noqa: F401  (shared fixtures)
 from op_harness import Cluster, Kubelet, Operator, free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -42,20 +43,6 @@ class VerboseOperator(Operator):
         wrapper.write_text(f'#!/bin/sh\nexec "{Operator.executable()}" -v "$@"\n')
         wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
         return str(wrapper)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    emulated = Cluster(tmp_path_factory.mktemp("cluster")).start()
-    yield emulated
-    emulated.stop()
-
-
-@pytest.fixture(scope="module")
-def kubelet(cluster: Cluster) -> Iterator[Kubelet]:
-    agent = Kubelet(cluster)
-    yield agent
-    agent.stop()
 
 
 @pytest.fixture(scope="module")
