@@ -199,3 +199,27 @@ def structural_problems(node: Schema, path: str = "") -> list[str]:
     if isinstance(node.get("additionalProperties"), dict):
         problems += structural_problems(node["additionalProperties"], f"{path}{{}}")
     return problems
+
+
+def pruned_fields(value: Any, schema: Schema, path: str = "") -> list[str]:
+    """Fields an apiserver would silently drop from `value` under structural `schema`.
+
+    As the apiserver prunes: known properties recurse into their own schema (also
+    under `x-kubernetes-preserve-unknown-fields`), an `additionalProperties` schema
+    covers other keys, and unknown keys survive only where unknown fields are kept.
+    """
+    found: list[str] = []
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            if props is not None and key in props:
+                found += pruned_fields(item, props[key], f"{path}.{key}")
+            elif isinstance(extra, dict):
+                found += pruned_fields(item, extra, f"{path}.{key}")
+            elif not schema.get("x-kubernetes-preserve-unknown-fields"):
+                found.append(f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            found += pruned_fields(item, schema["items"], f"{path}[{i}]")
+    return found

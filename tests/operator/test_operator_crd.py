@@ -13,7 +13,7 @@ import pytest
 from op_fixtures import DOC, FULL_SPEC, gang, job, observed, pod, run
 
 from finetune_operator import crd
-from finetune_operator.openapi import structural_problems, to_structural
+from finetune_operator.openapi import pruned_fields, structural_problems, to_structural
 from finetune_operator.reconcile import Observed
 from finetune_operator.status import PHASES
 
@@ -30,30 +30,11 @@ def schema_of(definition: dict[str, Any]) -> dict[str, Any]:
     return definition["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
-def pruned(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
-    """Fields a real apiserver would drop from `value` under `schema`."""
-    out: list[str] = []
-    if isinstance(value, dict):
-        props = schema.get("properties")
-        extra = schema.get("additionalProperties")
-        for key, sub in value.items():
-            if props is not None and key in props:
-                out += pruned(sub, props[key], f"{path}.{key}")
-            elif isinstance(extra, dict):
-                out += pruned(sub, extra, f"{path}.{key}")
-            elif not schema.get("x-kubernetes-preserve-unknown-fields"):
-                out.append(f"{path}.{key}")
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for i, item in enumerate(value):
-            out += pruned(item, schema["items"], f"{path}[{i}]")
-    return out
-
-
 def admit(body: dict[str, Any], definition: dict[str, Any]) -> None:
     """What the apiserver checks on write: schema validation, then nothing pruned."""
     schema = schema_of(definition)
     jsonschema.Draft4Validator(schema).validate(body)
-    assert pruned(body["spec"], schema["properties"]["spec"], ".spec") == []
+    assert pruned_fields(body["spec"], schema["properties"]["spec"], ".spec") == []
 
 
 def test_committed_crd_matches_the_generator():
@@ -183,7 +164,7 @@ def test_invalid_jobs_are_refused_by_the_schema_too(generated, spec):
 
 def test_unknown_spec_fields_would_be_pruned(generated):
     spec_schema = schema_of(generated)["properties"]["spec"]
-    assert pruned(job({"gpu": 1})["spec"], spec_schema, ".spec") == [".spec.gpu"]
+    assert pruned_fields(job({"gpu": 1})["spec"], spec_schema, ".spec") == [".spec.gpu"]
 
 
 def statuses() -> list[dict[str, Any]]:
@@ -217,7 +198,7 @@ def test_every_status_the_reconciler_writes_is_kept_by_the_schema(generated):
     phases = set()
     for status in statuses():
         jsonschema.Draft4Validator(status_schema).validate(status)
-        assert pruned(status, status_schema) == [], status
+        assert pruned_fields(status, status_schema) == [], status
         phases.add(status["phase"])
     assert phases == set(PHASES)
 

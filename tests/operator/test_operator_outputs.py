@@ -8,10 +8,11 @@ import jsonschema
 import kubernetes_validate
 import pytest
 from op_fixtures import SETTINGS, after, condition, gang, job, observed, ref, run
-from test_operator_crd import pruned, schema_of
+from test_operator_crd import schema_of
 
 from finetune_operator import crd
 from finetune_operator import manifests as m
+from finetune_operator.openapi import pruned_fields
 from finetune_operator.reconcile import Observed
 from finetune_operator.spec import SpecError, parse_spec, validate_job
 
@@ -109,7 +110,7 @@ def test_outputs_are_recorded_when_the_job_succeeds():
     }
     status_schema = schema_of(crd.crd())["properties"]["status"]
     jsonschema.Draft4Validator(status_schema).validate(done.status)
-    assert pruned(done.status, status_schema) == []
+    assert pruned_fields(done.status, status_schema) == []
 
 
 def test_a_full_fine_tune_publishes_its_model():

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from dockerfiles import parse_dockerfile
 
+from finetune_operator.openapi import pruned_fields
 from finetune_runtime.config import parse_config_with_warnings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,27 +75,6 @@ def test_matches_the_crd_schema(where: str, job: dict[str, Any]) -> None:
     assert not errors, "\n".join(
         f"{where}: {'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
     )
-
-
-def pruned_fields(value: Any, schema: dict[str, Any], path: str) -> list[str]:
-    """Fields the API server would silently drop (structural-schema pruning)."""
-    if schema.get("x-kubernetes-preserve-unknown-fields"):
-        return []
-    found: list[str] = []
-    if isinstance(value, dict):
-        props = schema.get("properties")
-        extra = schema.get("additionalProperties")
-        for key, item in value.items():
-            if props is not None and key in props:
-                found += pruned_fields(item, props[key], f"{path}.{key}")
-            elif isinstance(extra, dict):
-                found += pruned_fields(item, extra, f"{path}.{key}")
-            elif props is not None or extra is None:
-                found.append(f"{path}.{key}")
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for i, item in enumerate(value):
-            found += pruned_fields(item, schema["items"], f"{path}[{i}]")
-    return found
 
 
 @pytest.mark.parametrize(("where", "job"), JOBS, ids=[w for w, _ in JOBS])
