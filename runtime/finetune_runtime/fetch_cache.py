@@ -65,26 +65,18 @@ class Layout:
         dest = Path(dest)
         if single:
             name = safe_relpath(loc.key, loc.uri).name
-            target = dest / name if into_dir or dest.is_dir() else dest
-            state = target.parent / f".{target.name}{PREFIX_STATE}"
-            layout = cls(
-                root=target,
-                prefix=loc.key,
-                single=True,
-                manifest=Path(f"{state}.json"),
-                journal=Path(f"{state}.journal"),
-                lock=Path(f"{state}.lock"),
-            )
+            root = dest / name if into_dir or dest.is_dir() else dest
+            state = root.parent / f".{root.name}{PREFIX_STATE}"
         else:
-            state = dest / PREFIX_STATE
-            layout = cls(
-                root=dest,
-                prefix=loc.key,
-                single=False,
-                manifest=Path(f"{state}.json"),
-                journal=Path(f"{state}.journal"),
-                lock=Path(f"{state}.lock"),
-            )
+            root, state = dest, dest / PREFIX_STATE
+        layout = cls(
+            root=root,
+            prefix=loc.key,
+            single=single,
+            manifest=Path(f"{state}.json"),
+            journal=Path(f"{state}.journal"),
+            lock=Path(f"{state}.lock"),
+        )
         for obj in objects:  # validate every key before touching the disk
             layout.local_path(obj.key)
         return layout
