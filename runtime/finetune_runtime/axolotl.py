@@ -196,7 +196,9 @@ def normalize(raw: dict[str, Any]) -> Normalized:
     out = Normalized(data={})
     if "dataset" in data:
         if "datasets" in data:
-            out.issues.append(ConfigIssue("dataset", "give either dataset or datasets, not both"))
+            out.issues.append(
+                ConfigIssue.at(("dataset",), "give either dataset or datasets, not both")
+            )
         else:
             single = data.pop("dataset")
             data["datasets"] = [single] if isinstance(single, dict) else single
@@ -239,8 +241,8 @@ def _normalize_flat(raw: dict[str, Any], out: Normalized) -> None:
             _map_choice(out, key, value)
         elif key == "rl" and value:
             out.issues.append(
-                ConfigIssue(
-                    "rl",
+                ConfigIssue.at(
+                    ("rl",),
                     f"reinforcement-learning trainers (rl: {value}) are not supported: "
                     "finetune-operator runs supervised fine-tuning; remove `rl`",
                 )
@@ -318,8 +320,8 @@ def _map_choice(out: Normalized, key: str, value: Any) -> None:
     mapped = table.get(str(value))
     if mapped is None:
         out.issues.append(
-            ConfigIssue(
-                key,
+            ConfigIssue.at(
+                (key,),
                 f"{value!r} is not supported; choose one of: {', '.join(sorted(set(table)))}",
             )
         )
@@ -333,11 +335,13 @@ def _map_adapter(raw: dict[str, Any], out: Normalized) -> None:
         adapter = "none"
     if raw.get("peft_use_dora"):
         if adapter not in ("lora", "qlora", "dora"):
-            out.issues.append(ConfigIssue("peft_use_dora", "DoRA needs adapter: lora or qlora"))
+            out.issues.append(
+                ConfigIssue.at(("peft_use_dora",), "DoRA needs adapter: lora or qlora")
+            )
         elif adapter == "qlora":
             out.issues.append(
-                ConfigIssue(
-                    "peft_use_dora", "DoRA on a 4-bit base: set adapter: dora with quantization"
+                ConfigIssue.at(
+                    ("peft_use_dora",), "DoRA on a 4-bit base: set adapter: dora with quantization"
                 )
             )
         adapter = "dora" if adapter == "lora" else adapter
@@ -350,7 +354,7 @@ def _map_quantization(raw: dict[str, Any], out: Normalized) -> None:
     four, eight = bool(raw.get("load_in_4bit")), bool(raw.get("load_in_8bit"))
     if four and eight:
         out.issues.append(
-            ConfigIssue("load_in_8bit", "load_in_4bit and load_in_8bit are exclusive")
+            ConfigIssue.at(("load_in_8bit",), "load_in_4bit and load_in_8bit are exclusive")
         )
         return
     if not (four or eight):
@@ -366,7 +370,7 @@ def _map_quantization(raw: dict[str, Any], out: Normalized) -> None:
     _set(out, ("quantization",), quant, written)
     if raw.get("adapter") == "qlora" and eight:
         out.issues.append(
-            ConfigIssue("load_in_8bit", "adapter 'qlora' needs load_in_4bit, not 8-bit")
+            ConfigIssue.at(("load_in_8bit",), "adapter 'qlora' needs load_in_4bit, not 8-bit")
         )
 
 
@@ -471,8 +475,8 @@ def _map_dataset(entry: dict[str, Any], i: int, out: Normalized) -> dict[str, An
         fmt, style = _dataset_format(str(kind))
         if fmt is None:
             out.issues.append(
-                ConfigIssue(
-                    f"datasets[{i}].type",
+                ConfigIssue.at(
+                    ("datasets", i, "type"),
                     f"dataset type {kind!r} is not supported; use alpaca (alpaca:chat), "
                     "sharegpt, chat_template, completion, or a custom mapping "
                     "{field_instruction, field_input, field_output, format, no_input_format}",

@@ -379,11 +379,11 @@ def parse_config_with_warnings(
         issues.extend(_issues_from_validation(exc, normalized.origin))
     else:
         for loc, message in cross_field_rules(config):
-            issues.append(ConfigIssue(format_field(normalized.origin(loc)), message))
+            issues.append(ConfigIssue.at(normalized.origin(loc), message))
     if issues:
         for issue in issues:
-            if issue.line is None and issue.field is not None:
-                issue.line = index.line_of(_parse_field(issue.field))
+            if issue.line is None and issue.path is not None:
+                issue.line = index.line_of(issue.path)
         raise ConfigError(issues, source)
     assert config is not None
     return config, normalized.warnings
@@ -403,7 +403,7 @@ def _issues_from_validation(exc: ValidationError, origin: Origin) -> list[Config
             message = "is required"
         elif err["type"] == "literal_error":
             message = f"{message} (got {err.get('input')!r})"
-        issues.append(ConfigIssue(format_field(path), message))
+        issues.append(ConfigIssue.at(path, message))
     return issues
 
 
@@ -452,20 +452,3 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 
 Origin = Any  # callable: canonical loc -> user-written path
-
-
-def format_field(path: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _parse_field(field: str) -> tuple[str | int, ...]:
-    parts: list[str | int] = []
-    for chunk in field.replace("]", "").split("."):
-        head, *indices = chunk.split("[")
-        if head:
-            parts.append(head)
-        parts.extend(int(i) for i in indices if i.isascii() and i.isdigit())  # not '²'
-    return tuple(parts)

@@ -37,12 +37,23 @@ class ConfigIssue:
     """One problem: where it is (field path, line) and what is wrong."""
 
     def __init__(
-        self, field: str | None, message: str, line: int | None = None, column: int | None = None
+        self,
+        field: str | None,
+        message: str,
+        line: int | None = None,
+        column: int | None = None,
+        path: tuple[str | int, ...] | None = None,
     ) -> None:
         self.field = field
         self.message = message
         self.line = line
         self.column = column
+        self.path = path  # the field as keys/indices, for finding its line
+
+    @classmethod
+    def at(cls, path: tuple[str | int, ...], message: str) -> ConfigIssue:
+        """An issue at a config location, e.g. ('datasets', 0, 'path') -> datasets[0].path."""
+        return cls(format_path(path), message, path=path)
 
     def location(self, source: str | None) -> str:
         where = source or "<config>"
@@ -56,6 +67,14 @@ class ConfigIssue:
 
     def as_dict(self) -> dict[str, object]:
         return {"field": self.field, "message": self.message, "line": self.line}
+
+
+def format_path(path: tuple[str | int, ...]) -> str:
+    """('datasets', 0, 'path') -> 'datasets[0].path'."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
 class DatasetError(FinetuneError):
