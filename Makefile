@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format typecheck bench crd chart images e2e-kind clean
+.PHONY: install kube demo test test-fast lint format typecheck bench crd chart images e2e-kind clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## The test control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok),
+## built from the Go modules pinned under kube/ into .cache/kube/<version>/; a no-op until a pin
+## changes. Needs Go 1.26+.
+kube:
+	./scripts/build-kube.sh
 
 ## The main job: fine-tune a locally built tiny Llama with LoRA, merge, generate.
 demo: $(STAMP)
