@@ -1,6 +1,6 @@
 # Everything runs from a project-local virtualenv that the first target creates.
-# torch is pinned through constraints.txt so a fresh machine gets the CPU wheel,
-# not a multi-GB CUDA build; the package itself only asks for a range.
+# torch is pinned in constraints.txt, used by every install step (PyPI's build, CUDA-enabled,
+# runs on CPU); the package itself only asks for a range.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -29,11 +29,11 @@ kube:
 demo: $(STAMP)
 	$(VENV)/bin/finetune run
 
-## The whole test suite (unit, real training, operator against the emulator, S3, helm).
-test: $(STAMP)
+## The whole test suite (unit, real training, the operator on a real control plane, S3, helm).
+test: $(STAMP) kube
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) kube
 	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
 
 lint: $(STAMP)

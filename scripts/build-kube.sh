@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 version=$(sed -n 's/^require k8s.io\/kubernetes \(v[0-9.]*\)$/\1/p' kube/kubernetes/go.mod)
 out=".cache/kube/${version}"
-pins=$(cat kube/*/go.mod kube/*/go.sum | sha256sum | cut -d' ' -f1)
+pins=$(cat kube/*/go.mod kube/*/go.sum scripts/build-kube.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$out/.pins" ] && [ "$(cat "$out/.pins")" = "$pins" ]; then
   exit 0
 fi
@@ -19,9 +19,12 @@ fi
 mkdir -p "$out"
 start=$(date +%s)
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
-# -trimpath keeps the binaries independent of this checkout's path; -ldflags -s -w drops
-# debug info (a third of the size), which the tests never need.
-flags=(-trimpath -ldflags "-s -w")
+# -trimpath keeps the binaries independent of this checkout's path; -s -w drops debug info
+# (a third of the size), which the tests never need; -X stamps the release into the
+# Kubernetes binaries (/version), as the upstream build does from its git tag.
+minor=$(echo "$version" | cut -d. -f2)
+stamp="k8s.io/component-base/version"
+flags=(-trimpath -ldflags "-s -w -X $stamp.gitVersion=$version -X $stamp.gitMajor=1 -X $stamp.gitMinor=$minor -X $stamp.gitTreeState=clean")
 build() {  # build DIR PACKAGE NAME
   echo "make kube: building $3" >&2
   (cd "kube/$1" && go build "${flags[@]}" -o "../../$out/$3" "$2")

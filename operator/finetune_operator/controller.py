@@ -25,6 +25,11 @@ from finetune_operator.reconcile import Decision, Observed, reconcile
 log = logging.getLogger("finetune_operator.controller")
 
 FAILURE_REASONS = ("InvalidSpec", "BackoffLimitExceeded", "DeadlineExceeded")
+CONFLICT_RETRIES = 3
+
+
+class StatusConflict(Exception):
+    """The job changed after it was read: the decision is stale and must not be acted on."""
 
 
 def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -75,18 +80,28 @@ class Controller:
         )
 
     def reconcile_once(self, namespace: str, name: str) -> bool:
-        """Run one cycle; True when the job is gone (the caller stops looping)."""
+        """Run one cycle; True when the job is gone (the caller stops looping).
+
+        The status is written only if the job is still the version the decision was made
+        from; when someone else wrote it in between (an edit, another replica), the cycle
+        reads it again and decides afresh, a few times, before waiting for the next one."""
         started = time.perf_counter()
         try:
-            job = self.kube.get_job(namespace, name)
-            if job is None:
-                return True
-            decision = reconcile(job, self.observe(job), datetime.now(UTC), self.settings)
-            gone = self.act(job, decision)
-            self.metrics.observe(
-                (namespace, name), decision.status.get("phase"), decision.status.get("progress")
-            )
-            return gone
+            for _ in range(CONFLICT_RETRIES):
+                job = self.kube.get_job(namespace, name)
+                if job is None:
+                    return True
+                decision = reconcile(job, self.observe(job), datetime.now(UTC), self.settings)
+                try:
+                    gone = self.act(job, decision)
+                except StatusConflict:
+                    log.info("%s/%s changed while reconciling; deciding again", namespace, name)
+                    continue
+                self.metrics.observe(
+                    (namespace, name), decision.status.get("phase"), decision.status.get("progress")
+                )
+                return gone
+            return False
         except Exception:
             self.metrics.reconcile_errors.inc()
             log.exception("reconcile of %s/%s failed; retrying on the next cycle", namespace, name)
@@ -100,10 +115,12 @@ class Controller:
         patch = merge_patch(job.get("status") or {}, decision.status)
         if patch:
             try:
-                self.kube.patch_job_status(namespace, name, patch)
+                self.kube.patch_job_status(namespace, name, patch, meta.get("resourceVersion"))
             except ApiException as exc:
                 if exc.status == 404:
                     return True
+                if exc.status == 409:
+                    raise StatusConflict from None
                 raise
         now = datetime.now(UTC)
         for ref in decision.delete:

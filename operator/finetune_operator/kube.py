@@ -103,9 +103,16 @@ class Kube:
             name,
         )
 
-    def patch_job_status(self, namespace: str, name: str, status_patch: Json) -> None:
+    def patch_job_status(
+        self, namespace: str, name: str, status_patch: Json, resource_version: str | None = None
+    ) -> None:
+        """Merge-patch the status; with `resource_version`, only if the job is still that
+        version (the apiserver answers 409 Conflict otherwise)."""
+        body: Json = {"status": status_patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         self.custom.patch_namespaced_custom_object_status(
-            c.GROUP, c.VERSION, namespace, c.PLURAL, name, {"status": status_patch}
+            c.GROUP, c.VERSION, namespace, c.PLURAL, name, body
         )
 
     def delete_job(self, namespace: str, name: str) -> None:

@@ -1,10 +1,12 @@
-"""End to end: the real `finetune-operator` process against kmock's Kubernetes emulator.
+"""End to end: the real `finetune-operator` process on a real control plane.
 
-What is real: the operator process (kopf + the kubernetes client over HTTP), the
-emulated apiserver on 127.0.0.1 with the generated CRD, HTTP progress endpoints on
-pod IPs. What is played by the test (it cannot exist here): the kubelet and the
-scheduler (pod phases and 127.0.0.x pod IPs, see op_harness.Kubelet) and the garbage
-collector of kube-controller-manager (op_harness.Cluster.collect_garbage_once).
+What is real: the operator process (kopf + the kubernetes client, authenticated as the
+chart's ServiceAccount under the chart's RBAC), kube-apiserver with the generated CRD,
+etcd, the scheduler, the controller-manager's garbage collector and EndpointSlice
+controller, HTTP progress endpoints on pod IPs. What is played by the test (it cannot exist
+here): the containers of these pods. The node agent (tests/kubeharness) reports their phases
+when the test says so (`node.run`, `node.finish`), writing pod status as the node's own
+identity, as a kubelet would.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from op_harness import Cluster, Kubelet, Operator, wait_for
+from kubeharness.cluster import Cluster, wait_for
+from kubeharness.node_agent import NodeAgent
+from kubeharness.operator_process import Identity, OperatorProcess
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +48,9 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in status["conditions"] if c["type"] == type_)
 
 
-def start_gang(cluster: Cluster, kubelet: Kubelet, ns: str, name: str, attempt: int, n: int):
+def start_gang(cluster: Cluster, node: NodeAgent, ns: str, name: str, attempt: int, n: int):
     pods = pods_of(cluster, ns, attempt, n)
-    ips = [kubelet.run(pod) for pod in pods]
+    ips = [node.run(pod) for pod in pods]
     wait_for(phase_is(cluster, ns, name, "Running"), what=f"{name} Running")
     return pods, ips
 
@@ -56,7 +60,9 @@ def reasons(cluster: Cluster, ns: str) -> list[str]:
     return [e["reason"] for e in events]
 
 
-def test_happy_path_to_succeeded(cluster: Cluster, kubelet: Kubelet, operator: Operator, ns: str):
+def test_happy_path_to_succeeded(
+    cluster: Cluster, node: NodeAgent, operator: OperatorProcess, ns: str
+):
     cluster.create_job(ns, "llama", spec(nodes=2))
     pods = pods_of(cluster, ns, 1, 2)
     wait_for(phase_is(cluster, ns, "llama", "Created"))
@@ -83,10 +89,10 @@ def test_happy_path_to_succeeded(cluster: Cluster, kubelet: Kubelet, operator: O
         kubernetes_validate.validate(child, "1.37", strict=True)
 
     for pod in pods:
-        kubelet.run(pod)
+        node.run(pod)
     wait_for(phase_is(cluster, ns, "llama", "Running"))
     for pod in pods:
-        kubelet.finish(pod, exit_code=0)
+        node.finish(pod, exit_code=0)
     wait_for(phase_is(cluster, ns, "llama", "Succeeded"))
 
     status = cluster.status(ns, "llama")
@@ -102,7 +108,7 @@ def test_happy_path_to_succeeded(cluster: Cluster, kubelet: Kubelet, operator: O
 
 
 def test_invalid_config_fails_and_the_operator_stays_healthy(
-    cluster: Cluster, operator: Operator, ns: str
+    cluster: Cluster, operator: OperatorProcess, ns: str
 ):
     bad = "base_model: builtin:tiny-llama\ndatasets:\n  - path: a.jsonl\nlora:\n  r: 0\n"
     cluster.create_job(ns, "broken", spec(config=bad))
@@ -127,10 +133,10 @@ def test_invalid_config_fails_and_the_operator_stays_healthy(
     assert cluster.status(ns, "broken")["observedGeneration"] == 2
 
 
-def test_a_failed_worker_replaces_the_gang(cluster: Cluster, kubelet: Kubelet, ns: str):
+def test_a_failed_worker_replaces_the_gang(cluster: Cluster, node: NodeAgent, ns: str):
     cluster.create_job(ns, "gang", spec(nodes=2))
-    pods, _ = start_gang(cluster, kubelet, ns, "gang", 1, 2)
-    kubelet.finish(pods[1], exit_code=137, reason="OOMKilled")
+    pods, _ = start_gang(cluster, node, ns, "gang", 1, 2)
+    node.finish(pods[1], exit_code=137, reason="OOMKilled")
 
     new = pods_of(cluster, ns, 2, 2)
     wait_for(lambda: cluster.pods(ns, 1) == [], what="attempt 1 deleted")
@@ -144,18 +150,18 @@ def test_a_failed_worker_replaces_the_gang(cluster: Cluster, kubelet: Kubelet, n
     assert env["FINETUNE_ATTEMPT"] == "2"
 
     for pod in new:
-        kubelet.run(pod)
+        node.run(pod)
     wait_for(phase_is(cluster, ns, "gang", "Running"))
     assert condition(cluster.status(ns, "gang"), "Restarting")["status"] == "False"
     assert "Restarting" in reasons(cluster, ns)
 
 
-def test_backoff_limit_exceeded(cluster: Cluster, kubelet: Kubelet, ns: str):
+def test_backoff_limit_exceeded(cluster: Cluster, node: NodeAgent, ns: str):
     cluster.create_job(ns, "flaky", spec(runPolicy={"backoffLimit": 1}))
     for attempt in (1, 2):
         (pod,) = pods_of(cluster, ns, attempt, 1)
-        kubelet.run(pod)
-        kubelet.finish(pod, exit_code=1)
+        node.run(pod)
+        node.finish(pod, exit_code=1)
     wait_for(phase_is(cluster, ns, "flaky", "Failed"))
     status = cluster.status(ns, "flaky")
     assert condition(status, "Failed")["reason"] == "BackoffLimitExceeded"
@@ -163,9 +169,9 @@ def test_backoff_limit_exceeded(cluster: Cluster, kubelet: Kubelet, ns: str):
     assert cluster.pods(ns, 3) == []
 
 
-def test_suspend_and_resume(cluster: Cluster, kubelet: Kubelet, ns: str):
+def test_suspend_and_resume(cluster: Cluster, node: NodeAgent, ns: str):
     cluster.create_job(ns, "pausable", spec(nodes=2))
-    start_gang(cluster, kubelet, ns, "pausable", 1, 2)
+    start_gang(cluster, node, ns, "pausable", 1, 2)
 
     cluster.patch_job(ns, "pausable", {"spec": {"runPolicy": {"suspend": True}}})
     wait_for(phase_is(cluster, ns, "pausable", "Suspended"))
@@ -173,25 +179,25 @@ def test_suspend_and_resume(cluster: Cluster, kubelet: Kubelet, ns: str):
     assert condition(cluster.status(ns, "pausable"), "Suspended")["status"] == "True"
 
     cluster.patch_job(ns, "pausable", {"spec": {"runPolicy": {"suspend": False}}})
-    start_gang(cluster, kubelet, ns, "pausable", 2, 2)
+    start_gang(cluster, node, ns, "pausable", 2, 2)
     status = cluster.status(ns, "pausable")
     assert status["attempt"] == 2 and status["restarts"] == 0
     assert condition(status, "Suspended")["status"] == "False"
 
 
-def test_active_deadline(cluster: Cluster, kubelet: Kubelet, ns: str):
+def test_active_deadline(cluster: Cluster, node: NodeAgent, ns: str):
     cluster.create_job(ns, "slow", spec(runPolicy={"activeDeadlineSeconds": 2}))
     (pod,) = pods_of(cluster, ns, 1, 1)
-    kubelet.run(pod)
+    node.run(pod)
     wait_for(phase_is(cluster, ns, "slow", "Failed"), what="DeadlineExceeded")
     assert condition(cluster.status(ns, "slow"), "Failed")["reason"] == "DeadlineExceeded"
     wait_for(lambda: cluster.pods(ns) == [], what="running worker stopped")
 
 
-def test_ttl_deletes_the_finished_job_and_its_children(cluster: Cluster, kubelet: Kubelet, ns: str):
+def test_ttl_deletes_the_finished_job_and_its_children(cluster: Cluster, node: NodeAgent, ns: str):
     cluster.create_job(ns, "shortlived", spec(runPolicy={"ttlSecondsAfterFinished": 1}))
-    pods, _ = start_gang(cluster, kubelet, ns, "shortlived", 1, 1)
-    kubelet.finish(pods[0])
+    pods, _ = start_gang(cluster, node, ns, "shortlived", 1, 1)
+    node.finish(pods[0])
     wait_for(lambda: cluster.job(ns, "shortlived") is None, what="job deleted after its TTL")
 
     def no_children() -> bool:
@@ -203,18 +209,18 @@ def test_ttl_deletes_the_finished_job_and_its_children(cluster: Cluster, kubelet
 
 
 def test_operator_restart_never_duplicates_pods(
-    cluster: Cluster, kubelet: Kubelet, operator: Operator, ns: str
+    cluster: Cluster, node: NodeAgent, operator: OperatorProcess, ns: str
 ):
     cluster.create_job(ns, "durable", spec(nodes=3))
-    pods, _ = start_gang(cluster, kubelet, ns, "durable", 1, 3)
+    pods, _ = start_gang(cluster, node, ns, "durable", 1, 3)
 
     operator.kill()  # SIGKILL: no graceful shutdown
-    kubelet.finish(pods[0], exit_code=1)  # a worker fails while nobody watches
+    node.finish(pods[0], exit_code=1)  # a worker fails while nobody watches
     operator.start()
 
     new = pods_of(cluster, ns, 2, 3)
     for pod in new:
-        kubelet.run(pod)
+        node.run(pod)
     wait_for(phase_is(cluster, ns, "durable", "Running"))
 
     operator.stop()  # and once more, gracefully, with a healthy gang
@@ -234,7 +240,7 @@ def test_operator_restart_never_duplicates_pods(
 
 
 def test_progress_from_rank_zero_reaches_the_status(
-    cluster: Cluster, kubelet: Kubelet, operator: Operator, ns: str
+    cluster: Cluster, node: NodeAgent, operator: OperatorProcess, ns: str
 ):
     """Rank 0 is played by the runtime's own ProgressReporter and ProgressServer (the
     real /progress endpoint, bound to the pod IP the kubelet assigned), fed by hand
@@ -244,7 +250,7 @@ def test_progress_from_rank_zero_reaches_the_status(
     from finetune_runtime.serve import ProgressServer
 
     cluster.create_job(ns, "watched", spec(nodes=2))
-    _, ips = start_gang(cluster, kubelet, ns, "watched", 1, 2)
+    _, ips = start_gang(cluster, node, ns, "watched", 1, 2)
     clock = [0.0]
     reporter = ProgressReporter(200, world_size=2, clock=lambda: clock[0])
     reporter.set_state("training")
@@ -287,9 +293,9 @@ def test_progress_from_rank_zero_reaches_the_status(
     assert operator.healthy()
 
 
-def test_deleting_a_job_releases_it(cluster: Cluster, kubelet: Kubelet, ns: str):
+def test_deleting_a_job_releases_it(cluster: Cluster, node: NodeAgent, ns: str):
     cluster.create_job(ns, "gone", spec())
-    start_gang(cluster, kubelet, ns, "gone", 1, 1)
+    start_gang(cluster, node, ns, "gone", 1, 1)
     job = cluster.job(ns, "gone")
     assert "finetune.dev/finalizer" in job["metadata"]["finalizers"]
     cluster.delete_job(ns, "gone")
@@ -298,7 +304,11 @@ def test_deleting_a_job_releases_it(cluster: Cluster, kubelet: Kubelet, ns: str)
 
 
 def test_credentials_are_referenced_never_read(
-    cluster: Cluster, kubelet: Kubelet, operator: Operator, ns: str
+    cluster: Cluster,
+    node: NodeAgent,
+    operator: OperatorProcess,
+    operator_identity: Identity,
+    ns: str,
 ):
     secret_values = {
         "AWS_ACCESS_KEY_ID": "AKIAEMULATED123",
@@ -324,8 +334,8 @@ def test_credentials_are_referenced_never_read(
         spec(dataset=source, model={"uri": "s3://models/x", "secretRef": {"name": "s3"}}),
     )
     (pod,) = pods_of(cluster, ns, 1, 1)
-    kubelet.run(pod)
-    kubelet.finish(pod, exit_code=3)
+    node.run(pod)
+    node.finish(pod, exit_code=3)
     pods_of(cluster, ns, 2, 1)
 
     fetchers = pod["spec"]["initContainers"]
@@ -346,16 +356,17 @@ def test_credentials_are_referenced_never_read(
     for value in secret_values.values():
         assert value not in written
         assert value not in operator.logs()
-    operator_calls = [r for r in cluster.requests_seen() if "python-requests" not in r[2]]
-    assert operator_calls, "the operator's requests are recorded"
-    assert not [r for r in operator_calls if "/secrets" in r[1]], "the operator never reads Secrets"
+    operator_calls = cluster.requests_by(operator_identity.username)
+    assert operator_calls, "the operator's requests are audited"
+    touched = [e for e in operator_calls if (e.get("objectRef") or {}).get("resource") == "secrets"]
+    assert not touched, "the operator never reads Secrets"
 
 
 def test_editing_a_running_job_refreshes_config_and_gang(
-    cluster: Cluster, kubelet: Kubelet, ns: str
+    cluster: Cluster, node: NodeAgent, ns: str
 ):
     cluster.create_job(ns, "edited", spec(nodes=2))
-    start_gang(cluster, kubelet, ns, "edited", 1, 2)
+    start_gang(cluster, node, ns, "edited", 1, 2)
     cluster.patch_job(ns, "edited", {"spec": {"config": {"training": {"max_steps": 7}}}})
 
     def refreshed() -> bool:
@@ -363,7 +374,7 @@ def test_editing_a_running_job_refreshes_config_and_gang(
         return "max_steps: 7" in config_map["data"]["config.yaml"]
 
     wait_for(refreshed, what="ConfigMap refreshed from the edited spec")
-    start_gang(cluster, kubelet, ns, "edited", 2, 2)
+    start_gang(cluster, node, ns, "edited", 2, 2)
     assert cluster.pods(ns, 1) == []
     status = cluster.status(ns, "edited")
     assert status["restarts"] == 0 and status["observedGeneration"] == 2

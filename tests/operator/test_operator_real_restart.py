@@ -1,9 +1,11 @@
 """The real operator process killed in the middle of creating a gang, and GitOps status e2e.
 
-Real: the `finetune-operator` process (SIGKILLed and restarted) against kmock's emulator.
-Played: the kubelet (op_harness.Kubelet moves pod phases; it is paused, so pods stay
-Pending while the operator dies). The kill is exact: the emulator itself kills the
-operator the moment the first pod POST of the gang arrives, before answering it.
+Real: the `finetune-operator` process (SIGKILLed and restarted) on the real control plane.
+The kill is exact: a validating admission webhook (kubeharness.webhook) kills the operator
+the moment the apiserver admits the second pod POST of the gang, then allows it: the first
+worker exists and was acknowledged, the second is in flight from a client that is gone (the
+apiserver may store it or abort it with the client's context; either is fine). Played: the
+pods' containers (the node agent reports their phases when the test says so).
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from op_harness import Cluster, Kubelet, Operator, wait_for
+from kubeharness.cluster import Cluster, wait_for
+from kubeharness.control_plane import ControlPlane
+from kubeharness.node_agent import NodeAgent
+from kubeharness.operator_process import OperatorProcess
+from kubeharness.webhook import AdmissionTrap
 
 pytestmark = pytest.mark.slow
 
@@ -33,37 +39,8 @@ def conditions(status: dict[str, Any]) -> dict[str, str]:
     return {c["type"]: c["status"] for c in status.get("conditions", [])}
 
 
-class KillOnFirstPodPost:
-    """Wraps the emulator's request handler: SIGKILL the operator when it POSTs the first
-    pod in `ns`, then let the emulator serve that POST (the operator never sees the answer)."""
-
-    def __init__(self, cluster: Cluster, operator: Operator, ns: str) -> None:
-        assert cluster.server is not None
-        self.server = cluster.server
-        self.operator = operator
-        self.path = f"/api/v1/namespaces/{ns}/pods"
-        self.fired = threading.Event()
-        self.original = self.server._handle
-
-    async def _handle(self, request: Any) -> Any:
-        first = not self.fired.is_set() and self.operator.proc is not None
-        if first and request.method == "POST" and request.url.path == self.path:
-            assert self.operator.proc is not None
-            self.operator.proc.kill()
-            self.operator.proc.wait(10)
-            self.fired.set()
-        return await self.original(request)
-
-    def __enter__(self) -> KillOnFirstPodPost:
-        self.server._handle = self._handle  # the instance attribute shadows the method
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        del self.server._handle
-
-
 @pytest.fixture()
-def restarted_operator(operator: Operator) -> Iterator[Operator]:
+def restarted_operator(operator: OperatorProcess) -> Iterator[OperatorProcess]:
     """The module's operator, alive again after the test whatever happened."""
     yield operator
     if operator.proc is None or operator.proc.poll() is not None:
@@ -71,16 +48,33 @@ def restarted_operator(operator: Operator) -> Iterator[Operator]:
 
 
 def test_operator_killed_mid_gang_creation_never_duplicates(
-    cluster: Cluster, kubelet: Kubelet, restarted_operator: Operator, ns: str
+    kube: ControlPlane,
+    cluster: Cluster,
+    node: NodeAgent,
+    restarted_operator: OperatorProcess,
+    ns: str,
 ):
     operator = restarted_operator
-    with KillOnFirstPodPost(cluster, operator, ns) as trap:
-        cluster.create_job(ns, "big", {"config": CONFIG, "nodes": 4})
-        wait_for(trap.fired.is_set, timeout=60, what="the operator's first pod POST")
-    assert operator.proc is not None and operator.proc.returncode == -9
+    kubelet = node
+    fired = threading.Event()
+    posts: list[str] = []
 
-    # Killed between the first and the second pod: one worker exists, the rest do not.
-    assert [p["metadata"]["name"] for p in cluster.pods(ns)] == ["big-a1-worker-0"]
+    def kill_operator(request: dict[str, Any]) -> None:
+        posts.append(request["name"] or request["object"]["metadata"]["name"])
+        if len(posts) == 2 and operator.proc is not None:
+            operator.proc.kill()
+            operator.proc.wait(10)
+            fired.set()
+
+    with AdmissionTrap(kube, cluster, ns, kill_operator):
+        cluster.create_job(ns, "big", {"config": CONFIG, "nodes": 4})
+        wait_for(fired.is_set, timeout=60, what="the operator's second pod POST")
+    assert operator.proc is not None and operator.proc.returncode == -9
+    assert posts == ["big-a1-worker-0", "big-a1-worker-1"]
+
+    # Killed during the second pod's POST: the first exists, the last two do not.
+    made = [p["metadata"]["name"] for p in cluster.pods(ns)]
+    assert made in (["big-a1-worker-0"], ["big-a1-worker-0", "big-a1-worker-1"]), made
     assert cluster.status(ns, "big")["attempt"] == 1  # the status was written first
 
     operator.start()
@@ -109,7 +103,7 @@ def test_operator_killed_mid_gang_creation_never_duplicates(
 
 
 def test_gitops_status_through_a_job_life_and_an_edit_after_it_finished(
-    cluster: Cluster, kubelet: Kubelet, ns: str
+    cluster: Cluster, node: NodeAgent, ns: str
 ):
     """kstatus conditions follow the phase, and observedGeneration keeps up even after the
     job finished (Argo CD and Flux would otherwise wait forever)."""
@@ -117,9 +111,9 @@ def test_gitops_status_through_a_job_life_and_an_edit_after_it_finished(
     (pod,) = wait_for(lambda: cluster.pods(ns), what="the worker")
     created = cluster.status(ns, "gitops")
     assert conditions(created)["Reconciling"] == "True" and conditions(created)["Ready"] == "False"
-    kubelet.run(pod)
+    node.run(pod)
     wait_for(lambda: phase(cluster, ns, "gitops") == "Running")
-    kubelet.finish(pod)
+    node.finish(pod)
     wait_for(lambda: phase(cluster, ns, "gitops") == "Succeeded")
     done = cluster.status(ns, "gitops")
     assert {k: conditions(done)[k] for k in ("Ready", "Reconciling", "Stalled")} == {

@@ -1,18 +1,18 @@
 """End to end with real training: operator → pods → fetch → torchrun → trainers → S3.
 
-Real: the `finetune-operator` process against kmock's emulator, moto as an S3 server over
-HTTP, and, in every worker pod, `finetune fetch` then `finetune launch` → torchrun → two
-`finetune train` ranks (one per pod, gloo) training the builtin tiny Llama. Played (it
-cannot exist here): the kubelet, by `process_kubelet.ProcessKubelet`, which runs the
-containers as local processes with volumes as host directories, pod IPs on 127.0.0.x and
-DNS names resolved to them; and the garbage collector (op_harness.Cluster).
+Real: the `finetune-operator` process on the real control plane (tests/kubeharness: the
+scheduler places the pods, the controller-manager binds claims and publishes EndpointSlices),
+moto as an S3 server over HTTP, and, in every worker pod, `finetune fetch` then `finetune
+launch` → torchrun → two `finetune train` ranks (one per pod, gloo) training the builtin tiny
+Llama. Played (it cannot exist here): the container runtime, by the node agent
+(kubeharness.node_agent), which runs the containers as local processes with volumes as host
+directories, pod IPs on 127.1.x.y and cluster DNS names resolved from the EndpointSlices.
 """
 
 from __future__ import annotations
 
 import re
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from op_harness import Cluster, Operator, wait_for
-from process_kubelet import PodNotReady, ProcessKubelet
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/s3_server.py
-
-from s3_server import TEST_ACCESS_KEY_ID, TEST_REGION, TEST_SECRET_ACCESS_KEY, MotoS3  # noqa: E402
+from kubeharness.cluster import Cluster, wait_for
+from kubeharness.node_agent import NodeAgent
+from kubeharness.operator_process import OperatorProcess
+from kubeharness.pod_run import PodNotReady
+from s3_server import TEST_ACCESS_KEY_ID, TEST_REGION, TEST_SECRET_ACCESS_KEY, MotoS3
 
 pytestmark = pytest.mark.slow
 
@@ -71,13 +70,16 @@ def s3() -> Iterator[MotoS3]:
 
 
 @pytest.fixture(scope="module")
-def kubelet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessKubelet]:
-    agent = ProcessKubelet(cluster, tmp_path_factory.mktemp("node"), grace_cap=GRACE_CAP)
-    yield agent
-    agent.stop()
+def kubelet(node: NodeAgent) -> Iterator[NodeAgent]:
+    """The node agent, honouring grace periods up to GRACE_CAP."""
+    cap, node.grace_cap = node.grace_cap, GRACE_CAP
+    yield node
+    node.grace_cap = cap
 
 
 def secret(cluster: Cluster, ns: str) -> None:
+    """A namespace of processes on the node, holding the S3 credentials Secret."""
+    cluster.create_namespace(ns)
     cluster.post(
         f"api/v1/namespaces/{ns}/secrets",
         {
@@ -113,7 +115,7 @@ class Finished:
 
 
 def run_to_completion(
-    cluster: Cluster, kubelet: ProcessKubelet, ns: str, name: str, on_status: Any = None
+    cluster: Cluster, kubelet: NodeAgent, ns: str, name: str, on_status: Any = None
 ) -> Finished:
     """Wait for the job to finish, recording every status the operator wrote on the way."""
     history: list[dict[str, Any]] = []
@@ -133,10 +135,10 @@ def run_to_completion(
     return Finished(ns, name, history[-1], history, claim)
 
 
-def explain(cluster: Cluster, kubelet: ProcessKubelet, operator: Operator, ns: str) -> str:
+def explain(cluster: Cluster, kubelet: NodeAgent, operator: OperatorProcess, ns: str) -> str:
     """What to look at when a job did not do what was expected."""
     parts = [f"----- operator log (tail) -----\n{operator.logs()[-4000:]}"]
-    for run in kubelet.pods.values():
+    for run in kubelet.runs:
         if run.namespace == ns:
             for container in run.containers:
                 text = kubelet.log(ns, run.name, container)
@@ -146,11 +148,11 @@ def explain(cluster: Cluster, kubelet: ProcessKubelet, operator: Operator, ns: s
 
 @pytest.fixture(scope="module")
 def reference(
-    cluster: Cluster, kubelet: ProcessKubelet, operator: Operator, s3: MotoS3
+    cluster: Cluster, kubelet: NodeAgent, operator: OperatorProcess, s3: MotoS3
 ) -> Iterator[Finished]:
     """One uninterrupted run: S3 dataset in, adapter and merged model out to S3."""
     ns = "real-reference"
-    kubelet.namespaces.add(ns)
+    kubelet.process_namespaces.add(ns)
     secret(cluster, ns)
     output = {
         "uri": "s3://results/runs/reference",
@@ -173,7 +175,7 @@ def adapter(directory: Path) -> dict[str, Any]:
     return load_file(str(directory / "adapter" / "adapter_model.safetensors"))
 
 
-def test_progress_flows_back_while_training(reference: Finished, operator: Operator):
+def test_progress_flows_back_while_training(reference: Finished, operator: OperatorProcess):
     """status.progress is copied from rank 0's real /progress endpoint while it trains."""
     seen = [
         s["progress"] for s in reference.history if s.get("phase") == "Running" and "progress" in s
@@ -232,7 +234,7 @@ def test_outputs_are_uploaded_and_recorded(reference: Finished, s3: MotoS3):
 
 
 def test_credentials_stay_out_of_everything_the_operator_writes(
-    reference: Finished, cluster: Cluster, operator: Operator
+    reference: Finished, cluster: Cluster, operator: OperatorProcess
 ):
     import json
 
@@ -244,13 +246,13 @@ def test_credentials_stay_out_of_everything_the_operator_writes(
 
 
 def test_a_killed_worker_resumes_from_its_checkpoint_and_loses_nothing(
-    cluster: Cluster, kubelet: ProcessKubelet, operator: Operator, s3: MotoS3, reference: Finished
+    cluster: Cluster, kubelet: NodeAgent, operator: OperatorProcess, s3: MotoS3, reference: Finished
 ):
     """SIGKILL rank 0's trainer once a checkpoint exists: the pod fails, the operator
     replaces the gang, attempt 2 resumes from the newest complete checkpoint, and the
     result equals the uninterrupted reference run."""
     ns, name = "real-crash", "crash"
-    kubelet.namespaces.add(ns)
+    kubelet.process_namespaces.add(ns)
     secret(cluster, ns)
     cluster.create_job(ns, name, job_spec(s3))
 
@@ -308,14 +310,14 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_loses_nothing(
 
 
 def test_suspend_sigterms_the_trainers_which_checkpoint_within_the_grace_period(
-    cluster: Cluster, kubelet: ProcessKubelet, operator: Operator, s3: MotoS3
+    cluster: Cluster, kubelet: NodeAgent, operator: OperatorProcess, s3: MotoS3
 ):
     """Suspending deletes the workers; the kubelet sends SIGTERM and waits the pod's
     terminationGracePeriodSeconds; the trainer finishes its step, checkpoints and exits 143
     well within it. Periodic checkpoints are off, so the only one is the SIGTERM one, and
     the resumed attempt starts from exactly there."""
     ns, name, total = "real-suspend", "pausable", 200
-    kubelet.namespaces.add(ns)
+    kubelet.process_namespaces.add(ns)
     secret(cluster, ns)
     training = {**CONFIG["training"], "max_steps": total, "save_steps": 10 * total}
     spec = job_spec(s3, nodes=1, config={**CONFIG, "training": {**training, "logging_steps": 1}})

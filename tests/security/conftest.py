@@ -1,5 +1,5 @@
 """Fixtures for the secret-leak tests: unique marker credentials, moto S3 over HTTP, and
-the shared helpers of tests/ (s3_server) and tests/operator (op_harness) on sys.path."""
+the shared helpers of tests/ (s3_server, kubeharness) on sys.path."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
-for helper_dir in (TESTS, TESTS / "operator"):
-    if str(helper_dir) not in sys.path:
-        sys.path.insert(0, str(helper_dir))
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
 
 from leak_helpers import Markers  # noqa: E402
 from s3_server import TEST_REGION, FaultProxy, MotoS3  # noqa: E402

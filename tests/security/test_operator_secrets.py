@@ -1,4 +1,4 @@
-"""Secrets never leak through the operator: the real process against kmock's emulator.
+"""Secrets never leak through the operator: the real process on the real control plane.
 
 Jobs reference S3 credentials (dataset, model, output `secretRef`s) and an API token
 (`env[].valueFrom.secretKeyRef`) whose Secrets hold unique markers; one env entry holds
@@ -7,10 +7,10 @@ writes text somewhere: InvalidSpec (bad config, bad env entries), gang creation,
 failures and restarts, BackoffLimitExceeded, a fixed spec, success. The operator runs
 at DEBUG log level (`-v`), the most it ever prints.
 
-What is real: the `finetune-operator` process (kopf + kubernetes client over HTTP), the
-emulated apiserver with the generated CRD, the operator's metrics endpoint. Played by
-the test (cannot exist here): the kubelet (pod phases) and kube-controller-manager's
-garbage collector (op_harness).
+What is real: the `finetune-operator` process (kopf + kubernetes client, as the chart's
+ServiceAccount under the chart's RBAC), kube-apiserver with the generated CRD and its audit
+log, the controller-manager, the scheduler, the operator's metrics endpoint. Played by the
+test (cannot exist here): the pods' containers (the node agent reports their phases).
 """
 
 from __future__ import annotations
@@ -18,12 +18,16 @@ from __future__ import annotations
 import json
 import stat
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from kubeharness.api import ApiError
+from kubeharness.cluster import Cluster, wait_for
+from kubeharness.control_plane import free_port
+from kubeharness.node_agent import NodeAgent
+from kubeharness.operator_process import Identity, OperatorProcess
 from leak_helpers import Markers, assert_clean
-from op_cluster import cluster_fixture, kubelet_fixture  # noqa: F401  (shared fixtures)
-from op_harness import Cluster, Kubelet, Operator, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -35,20 +39,22 @@ CONFIG = {
 }
 
 
-class VerboseOperator(Operator):
+class VerboseOperator(OperatorProcess):
     """The real console script with `-v` added (kopf and our loggers at DEBUG)."""
 
     def executable(self) -> str:  # type: ignore[override]
         wrapper = self.workdir / "finetune-operator-verbose"
-        wrapper.write_text(f'#!/bin/sh\nexec "{Operator.executable()}" -v "$@"\n')
+        wrapper.write_text(f'#!/bin/sh\nexec "{OperatorProcess.executable()}" -v "$@"\n')
         wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
         return str(wrapper)
 
 
 @pytest.fixture(scope="module")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def operator(
+    cluster: Cluster, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     process = VerboseOperator(
-        cluster, tmp_path_factory.mktemp("operator"), progress_port=free_port()
+        operator_kubeconfig, tmp_path_factory.mktemp("operator"), progress_port=free_port()
     )
     process.start()
     yield process
@@ -118,8 +124,15 @@ def check_pod_references(pod: dict[str, Any], markers: Markers) -> None:
 
 
 def test_secrets_never_reach_logs_events_status_children_or_metrics(
-    cluster: Cluster, kubelet: Kubelet, operator: Operator, markers: Markers
+    cluster: Cluster,
+    node: NodeAgent,
+    operator: OperatorProcess,
+    operator_identity: Identity,
+    markers: Markers,
 ) -> None:
+    kubelet = node
+    node.auto_run = False
+    cluster.create_namespace(NS)
     s3_keys = {"AWS_ACCESS_KEY_ID": markers.key_id, "AWS_SECRET_ACCESS_KEY": markers.secret}
     cluster.post(f"api/v1/namespaces/{NS}/secrets", secret("s3-creds", s3_keys))
     cluster.post(f"api/v1/namespaces/{NS}/secrets", secret("hf", {"token": markers.token}))
@@ -129,9 +142,14 @@ def test_secrets_never_reach_logs_events_status_children_or_metrics(
     cluster.create_job(NS, "bad-config", job_spec(markers, config="lora_r: [\nbase_model: x"))
     bad_env = job_spec(markers)
     from_secret = {"secretKeyRef": {"name": "hf", "key": "token"}}
+    # A non-string value is refused by the CRD schema at admission, naming only its type.
+    bad_env["env"] = [{"name": "OTHER", "value": {"nested": markers.inline}}]
+    with pytest.raises(ApiError) as refused:
+        cluster.create_job(NS, "bad-env", bad_env)
+    assert refused.value.status == 422 and "spec.env[0].value" in str(refused.value)
+    assert_clean(str(refused.value), markers, "the apiserver's refusal")
     bad_env["env"] = [
         {"name": "API_TOKEN", "value": markers.inline, "valueFrom": from_secret},
-        {"name": "OTHER", "value": {"nested": markers.inline}},
         {"name": "AWS_SECRET_ACCESS_KEY", "value": markers.inline},
         {"name": "BAD NAME", "value": markers.inline},
     ]
@@ -142,7 +160,7 @@ def test_secrets_never_reach_logs_events_status_children_or_metrics(
     message = next(
         c["message"] for c in cluster.status(NS, "bad-env")["conditions"] if c["type"] == "Failed"
     )
-    assert "spec.env[0]" in message and "spec.env[1].value" in message and "AWS_SECRET" in message
+    assert "spec.env[0]" in message and "spec.env[2]" in message and "AWS_SECRET" in message
 
     # 2. A gang whose workers fail until the backoff limit is exhausted.
     cluster.create_job(NS, "private", job_spec(markers, nodes=2))
@@ -186,6 +204,7 @@ def test_secrets_never_reach_logs_events_status_children_or_metrics(
         check_pod_references(pod, markers)
 
     # The operator never asked for a Secret (it has no RBAC for them either).
-    operator_calls = [r for r in cluster.requests_seen() if "python-requests" not in r[2]]
-    assert operator_calls, "the operator's requests are recorded"
-    assert not [r for r in operator_calls if "/secrets" in r[1]], "the operator read Secrets"
+    operator_calls = cluster.requests_by(operator_identity.username)
+    assert operator_calls, "the operator's requests are audited"
+    asked = [e for e in operator_calls if (e.get("objectRef") or {}).get("resource") == "secrets"]
+    assert not asked, "the operator read Secrets"

@@ -1,4 +1,4 @@
-"""The process kubelet's path rewriting (pure): what a pod sees at /checkpoints is a host dir."""
+"""The node agent's path rewriting (pure): what a pod sees at /checkpoints is a host dir."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import yaml
-from process_kubelet import rewrite_file_text, rewrite_path
+from kubeharness.rewrite import rewrite_file_text, rewrite_path
 
 MOUNTS = {
     "/etc/finetune": Path("/host/config"),
