@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install kube demo test test-fast lint format typecheck bench crd chart images e2e-kind clean
+.PHONY: install kube kube-peers demo test test-fast lint format typecheck bench crd chart images e2e-kind clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ install: $(STAMP)
 ## changes. Needs Go 1.26+.
 kube:
 	./scripts/build-kube.sh
+
+## The peer controllers the operator bench runs beside ours (Kubeflow training-operator), built
+## from the Go modules pinned under kube/peers/ into .cache/kube/peers/. Only `make bench` needs it.
+kube-peers:
+	./scripts/build-kube-peers.sh
 
 ## The main job: fine-tune a locally built tiny Llama with LoRA, merge, generate.
 demo: $(STAMP)
@@ -64,7 +69,7 @@ images:
 	docker build -f images/operator/Dockerfile -t finetune-operator:$(IMAGE_TAG) .
 	docker build -f images/runtime/Dockerfile -t finetune-runtime:$(IMAGE_TAG) .
 
-bench: $(STAMP)
+bench: $(STAMP) kube kube-peers
 	$(PY) -m bench.run
 
 e2e-kind:

@@ -223,118 +223,60 @@ def _flops(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _lat(s: dict[str, Any], key: str) -> str:
-    return f"{s[key]:.2f}" if key in s else "–"
+def _pct(stats: dict[str, Any]) -> str:
+    if stats.get("p50_s") is None:
+        return "–"
+    done = "" if stats["complete"] else f" ({stats['jobs_done']} done)"
+    return f"{stats['p50_s']:.2f} / {stats['p99_s']:.2f}{done}"
 
 
 def _operator(o: dict[str, Any], sizes: dict[str, Any]) -> list[str]:
     lines = [
-        "## 4. CR → pods latency (real operator process, emulated apiserver)",
+        f"## 4. Operators side by side on a real control plane ({o['control_plane']})",
         "",
-        "Per scale a fresh emulated cluster and operator; N FineTuneJobs are POSTed one after "
-        "another; the emulator stamps (one monotonic clock) each job's creation, the creation "
-        "of its last worker pod, and the operator's `status.phase: Running` write. A "
-        "watch-driven kubelet stand-in moves each pod to Running as soon as it appears. "
-        "Latency counts from each job's own creation, so later jobs also wait behind the "
-        "earlier ones. `lean` emulator: kmock's request log trimmed to in-flight requests, "
-        "reads by name indexed, label selectors on lists honoured (see docs/benchmarks.md); "
-        "`as is`: the harness's emulator unchanged. 'All done': every job Running, or, where "
-        "the kubelet stand-in is off, "
-        "every job has its gang of pods (phase Created: all the operator decides alone). CPU "
-        "columns: CPU seconds from the first job's creation until all were done (the bench "
-        "process holds the emulator and the kubelet stand-in).",
+        f"Ours (`finetune-operator`, resync {sizes['resync']:g} s) and {o['peer']} run at once "
+        "on one control plane built by `make kube` (etcd, kube-apiserver, controller-manager, "
+        "scheduler) with kwok's fake nodes running the pods. Per scale a fresh control plane; "
+        "N jobs of two workers each per controller are created in one burst, interleaved "
+        "(FineTuneJob `nodes: 2`; PyTorchJob 1 Master + 1 Worker). A pod watch stamps, on one "
+        "monotonic clock, each pod's first sight and its Running; latency counts from each "
+        "job's own creation. Requests: the apiserver's audit log, by each controller's "
+        "ServiceAccount, from the burst until the steady state. CPU: the controller process's "
+        "user+system seconds over the same window. RSS: idle before the burst, and with every "
+        "job Running plus two resync periods; KiB per job = (loaded − idle) / N.",
         "",
         f"Load average: {_load(o.get('load'))}.",
         "",
     ]
-    runs = list(o["latency"])
-    if o.get("harness_emulator"):
-        runs.append(o["harness_emulator"])
-    runs.append(o["memory"])
     rows = []
-    for r in runs:
-        pods, running = r["cr_to_pods"], r["cr_to_running"]
-        rows.append(
-            [
-                str(r["jobs"]),
-                str(r["nodes"]),
-                f"{r['resync_seconds']:g}",
-                "lean" if r.get("lean_emulator", True) else "as is",
-                f"{_lat(pods, 'p50_s')} / {_lat(pods, 'p99_s')}",
-                f"{_lat(running, 'p50_s')} / {_lat(running, 'p99_s')}",
-                f"{r['create_seconds']:.1f}",
-                f"{r['all_done_seconds']:.1f} ({'Running' if r['kubelet_runs_pods'] else 'pods'})"
-                + (" timed out" if r["timed_out"] else ""),
-                f"{r['jobs_with_pods']}/{r['jobs_running']}",
-                _f(r.get("reconcile_mean_ms"), 0),
-                f"{r['apiserver_requests']:,}",
-                f"{r['operator_cpu_s']:.1f}",
-                f"{r['emulator_cpu_s']:.1f}",
-                _f(r.get("reconcile_errors"), 0),
-            ]
-        )
+    for jobs, r in sorted(o["scales"].items(), key=lambda item: int(item[0])):
+        for side in ("ours", "peer"):
+            x = r[side]
+            rows.append(
+                [
+                    str(jobs),
+                    side,
+                    _pct(x["pods_created"]),
+                    _pct(x["running"]),
+                    f"{x['requests_per_job']:.1f}",
+                    f"{x['cpu_s']:.1f}",
+                    f"{x['rss_idle_kib'] / 1024:.1f}",
+                    f"{x['rss_kib'] / 1024:.1f}",
+                    _f(x["kib_per_job"], 1),
+                ]
+            )
     lines += _table(
         [
             "jobs",
-            "nodes",
-            "resync s",
-            "emulator",
-            "CR→pods p50 / p99 s",
-            "CR→Running p50 / p99 s",
-            "creating took s",
-            "all done after s",
-            "with pods / Running",
-            "reconcile mean ms",
-            "API requests",
-            "operator CPU s",
-            "emulator CPU s",
-            "reconcile errors",
-        ],
-        rows,
-    )
-    mem = o["memory"]
-    lines += [
-        "",
-        "## 5. Operator memory",
-        "",
-        "VmRSS of the operator process from /proc/PID/status (median of samples over 1–2 s) "
-        "with 0 jobs after startup (the baseline, same process, same session) and after all "
-        "jobs were reconciled ('all done' above, plus a few seconds of steady state); VmHWM "
-        "is the high-water mark.",
-        "",
-    ]
-    rows = []
-    for r in runs:
-        rows.append(
-            [
-                str(r["jobs"]),
-                str(r["nodes"]),
-                f"{r['resync_seconds']:g}",
-                f"{r['idle']['rss_mib']:.1f}",
-                f"{r['loaded']['rss_mib']:.1f}",
-                f"{r['loaded']['hwm_mib']:.1f}",
-                f"{r['loaded']['rss_mib'] / r['idle']['rss_mib']:.2f}×",
-                f"{r['rss_delta_mib']:.1f}",
-                _f(r["per_job_kib"], 0),
-            ]
-        )
-    lines += _table(
-        [
-            "jobs",
-            "nodes",
-            "resync s",
-            "idle (0 jobs) MiB",
-            "loaded MiB",
-            "loaded VmHWM MiB",
-            "loaded / idle",
-            "Δ MiB",
+            "controller",
+            "job → all pods created p50 / p99 s",
+            "job → all Running p50 / p99 s",
+            "API requests per job",
+            "CPU s",
+            "RSS idle MiB",
+            "RSS loaded MiB",
             "KiB per job",
         ],
         rows,
     )
-    lines += [
-        "",
-        f"Headline: {mem['jobs']} jobs → {mem['loaded']['rss_mib']:.0f} MiB vs "
-        f"{mem['idle']['rss_mib']:.0f} MiB idle, {_f(mem['per_job_kib'], 0)} KiB per job.",
-    ]
     return lines

@@ -40,15 +40,11 @@ class Sizes:
     best_of: int = 5
     packing_rows: int = 1000
     packing_lens: tuple[int, ...] = (128, 256, 512, 1024, 2048)
-    latency_scales: tuple[int, ...] = (1, 100, 500)
-    latency_nodes: int = 2
-    harness_emulator_scale: int | None = 100  # the same scale on the unmodified emulator
-    memory_jobs: int = 1000  # also the 1000-job latency row
-    memory_nodes: int = 2
-    memory_resync: float = 5.0
-    memory_kubelet: bool = True  # measure at the steady state: every job Running
+    latency_scales: tuple[int, ...] = (100, 500)  # the first is the headline's
+    memory_jobs: int = 1000  # also a latency row
     resync: float = 5.0
-    op_timeout: float = 600.0
+    op_timeout: float = 900.0
+    quick: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,14 +61,10 @@ QUICK = Sizes(
     best_of=1,
     packing_rows=40,
     packing_lens=(128, 256),
-    latency_scales=(1, 3),
-    latency_nodes=2,
-    harness_emulator_scale=None,
-    memory_jobs=4,
-    memory_nodes=1,
-    memory_resync=5.0,
-    memory_kubelet=False,
-    op_timeout=120.0,
+    latency_scales=(2,),
+    memory_jobs=3,
+    op_timeout=180.0,
+    quick=True,
 )
 
 
@@ -194,40 +186,36 @@ def flops_table(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_operator(sizes: Sizes, load: LoadLog) -> dict[str, Any]:
-    from bench.operator_scale import run_scale
+    """Ours and Kubeflow's training-operator on one real control plane, side by side."""
+    from kubeharness.control_plane import kube_version
 
-    latency = []
-    for jobs in sizes.latency_scales:
+    from bench.common import merge_headline
+    from bench.operator_peer import PEER_NAME, run_scale
+
+    scales = {}
+    for jobs in (*sizes.latency_scales, sizes.memory_jobs):
         load.sample()
-        print(f"  operator: {jobs} jobs x {sizes.latency_nodes} nodes", file=sys.stderr, flush=True)
-        latency.append(
-            run_scale(
-                jobs, sizes.latency_nodes, resync_seconds=sizes.resync, timeout=sizes.op_timeout
-            )
+        print(f"  operator vs peer: {jobs} jobs x 2 workers", file=sys.stderr, flush=True)
+        scales[jobs] = run_scale(jobs, resync=sizes.resync, timeout=sizes.op_timeout)
+        load.sample()
+    plane = f"kube-apiserver {kube_version()}"
+    result = {"control_plane": plane, "peer": PEER_NAME, "scales": scales}
+    latency = scales[sizes.latency_scales[0]] if sizes.latency_scales else None
+    memory = scales[sizes.memory_jobs]
+    if latency is not None and not sizes.quick:
+        merge_headline(
+            {
+                "operator_control_plane": plane,
+                "operator_peer": PEER_NAME,
+                "operator_p99_s_100_jobs": latency["ours"]["running"]["p99_s"],
+                "operator_peer_p99_s_100_jobs": latency["peer"]["running"]["p99_s"],
+                "operator_requests_per_job": memory["ours"]["requests_per_job"],
+                "operator_peer_requests_per_job": memory["peer"]["requests_per_job"],
+                "operator_kib_per_job_1000": memory["ours"]["kib_per_job"],
+                "operator_peer_kib_per_job_1000": memory["peer"]["kib_per_job"],
+            }
         )
-        load.sample()
-    harness = None
-    if sizes.harness_emulator_scale:
-        n = sizes.harness_emulator_scale
-        print(f"  operator: {n} jobs on the harness's emulator as is", file=sys.stderr, flush=True)
-        harness = run_scale(
-            n,
-            sizes.latency_nodes,
-            resync_seconds=sizes.resync,
-            timeout=sizes.op_timeout,
-            lean=False,
-        )
-        load.sample()
-    print(f"  operator: memory at {sizes.memory_jobs} jobs", file=sys.stderr, flush=True)
-    memory = run_scale(
-        sizes.memory_jobs,
-        sizes.memory_nodes,
-        resync_seconds=sizes.memory_resync,
-        timeout=sizes.op_timeout,
-        kubelet_runs_pods=sizes.memory_kubelet,
-    )
-    load.sample()
-    return {"latency": latency, "harness_emulator": harness, "memory": memory}
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
