@@ -187,10 +187,9 @@ def flops_table(summary: dict[str, Any]) -> dict[str, Any]:
 
 def run_operator(sizes: Sizes, load: LoadLog) -> dict[str, Any]:
     """Ours and Kubeflow's training-operator on one real control plane, side by side."""
-    from kubeharness.control_plane import kube_version
 
     from bench.common import merge_headline
-    from bench.operator_peer import PEER_NAME, run_scale
+    from bench.operator_peer import PEER_NAME, kube_version, run_scale
 
     scales = {}
     for jobs in (*sizes.latency_scales, sizes.memory_jobs):
