@@ -14,11 +14,17 @@ from datetime import datetime
 from typing import Any
 
 from finetune_operator import manifests as m
+from finetune_operator import scheduling as g
 from finetune_operator import status as s
+from finetune_operator import startup as st
 from finetune_operator.effective import effective_config_yaml
+from finetune_operator.failure_policy import log_tail, permanent_reason
+from finetune_operator.redact import redact
 from finetune_operator.spec import FineTuneJobSpec, RunPolicy, SpecError, validate_job
 
 INVALID_SPEC = "InvalidSpec"
+PERMANENT_FAILURE = "PermanentFailure"
+PODS_READY = s.PODS_READY
 TERMINAL = (s.SUCCEEDED, s.FAILED)
 
 
@@ -31,6 +37,9 @@ class Observed:
     service: dict[str, Any] | None = None
     claim: dict[str, Any] | None = None  # the checkpoint PVC (ours or spec.storage.existingClaim)
     progress: dict[str, Any] | None = None
+    pod_group: dict[str, Any] | None = None  # the coscheduling/volcano PodGroup, if any
+    rejections: list[st.Rejection] = field(default_factory=list)  # creates refused last cycle
+    logs: dict[str, str] = field(default_factory=dict)  # pod name -> last log lines (failed pods)
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,8 @@ class Decision:
     create: list[dict[str, Any]] = field(default_factory=list)
     update: list[dict[str, Any]] = field(default_factory=list)
     delete: list[ChildRef] = field(default_factory=list)
+    # Pods still terminating after their grace period: deleted with gracePeriodSeconds=0.
+    force_delete: list[ChildRef] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
 
@@ -77,18 +88,28 @@ class _Cycle:
         return self.status.get("phase")
 
     def cond(self, type_: str, on: bool, reason: str, message: str) -> None:
+        message = redact(message)  # conditions never echo a credential
         self.conditions = s.set_condition(self.conditions, type_, on, reason, message, self.now)
 
     def uncond(self, type_: str, reason: str, message: str) -> None:
         self.conditions = s.clear_condition(self.conditions, type_, reason, message, self.now)
 
     def event(self, type_: str, reason: str, message: str) -> None:
-        self.decision.events.append(Event(type_, reason, message))
+        self.decision.events.append(Event(type_, reason, redact(message)))
 
     def delete_pod(self, pod: dict[str, Any]) -> None:
         ref = ChildRef("Pod", s.pod_name(pod))
         if not s.terminating(pod) and ref not in self.decision.delete:
             self.decision.delete.append(ref)
+
+    def retire_pod(self, pod: dict[str, Any]) -> None:
+        """Delete a pod of a replaced gang; force it once its grace period is long over."""
+        if s.termination_overdue(pod, self.now):
+            ref = ChildRef("Pod", s.pod_name(pod))
+            if ref not in self.decision.force_delete:
+                self.decision.force_delete.append(ref)
+        else:
+            self.delete_pod(pod)
 
     def finish(self) -> Decision:
         phase = self.phase
@@ -208,6 +229,9 @@ def _ensure_children(cy: _Cycle, spec: FineTuneJobSpec, config_yaml: str, port: 
         cy.decision.update.append(wanted)
     if obs.service is None:
         cy.decision.create.append(m.service(ref, port))
+    group = m.pod_group(ref, spec)
+    if group is not None and obs.pod_group is None:
+        cy.decision.create.append(group)
     if spec.storage.existing_claim is None:
         if obs.claim is None:
             cy.decision.create.append(m.pvc(ref, spec))
@@ -232,15 +256,32 @@ def _create_workers(
     cy: _Cycle, spec: FineTuneJobSpec, attempt: int, ranks: list[int], settings: m.PodSettings
 ) -> None:
     existing = {s.pod_name(p) for p in cy.observed.pods}
+    queue = g.kueue_queue((cy.job.get("metadata") or {}).get("labels"))
     for rank in ranks:
-        pod = m.worker_pod(cy.ref, spec, attempt, rank, settings, cy.digest)
+        pod = m.worker_pod(cy.ref, spec, attempt, rank, settings, cy.digest, queue)
         if pod["metadata"]["name"] not in existing:
             cy.decision.create.append(pod)
 
 
-def _new_gang(cy: _Cycle, spec: FineTuneJobSpec, attempt: int, settings: m.PodSettings) -> None:
+def _new_gang(cy: _Cycle, spec: FineTuneJobSpec, attempt: int, settings: m.PodSettings) -> int:
+    """Start gang `attempt`: now if no pod of an older gang is left, else once they are gone
+    (the same hostnames, the same checkpoint directory). Returns the pods created."""
     cy.status["attempt"] = attempt
+    if cy.observed.pods:
+        _wait_for_old_gang(cy, len(cy.observed.pods))
+        return 0
     _create_workers(cy, spec, attempt, list(range(spec.nodes)), settings)
+    return spec.nodes
+
+
+def _wait_for_old_gang(cy: _Cycle, left: int) -> None:
+    cy.cond(
+        PODS_READY,
+        False,
+        "WaitingForOldGang",
+        f"Waiting for {left} pod(s) of the previous gang to terminate before starting "
+        f"attempt {cy.status['attempt']}: no two gangs share hostnames or the checkpoints.",
+    )
 
 
 def _active(
@@ -260,10 +301,11 @@ def _active(
         [int(cy.status.get("attempt") or 0)] + [s.pod_attempt(p) for p in cy.observed.pods]
     )
     cy.status["attempt"] = attempt
-    for pod in cy.observed.pods:  # leftovers of replaced gangs
-        if s.pod_attempt(pod) != attempt:
-            cy.delete_pod(pod)
+    stale = [p for p in cy.observed.pods if s.pod_attempt(p) != attempt]
+    for pod in stale:  # leftovers of replaced gangs
+        cy.retire_pod(pod)
     current = [p for p in cy.observed.pods if s.pod_attempt(p) == attempt and not s.terminating(p)]
+    _admission(cy, current)
 
     if policy.suspend:
         for pod in current:
@@ -281,17 +323,21 @@ def _active(
     if cy.phase == s.SUSPENDED or attempt == 0 or fresh:
         resumed = cy.phase == s.SUSPENDED
         attempt += 1
-        _new_gang(cy, spec, attempt, settings)
+        made = _new_gang(cy, spec, attempt, settings)
         cy.status["phase"] = s.CREATED
         cy.status["startTime"] = s.rfc3339(cy.now)
-        message = f"Created {spec.nodes} worker pod(s) for attempt {attempt}."
+        message = (
+            f"Created {spec.nodes} worker pod(s) for attempt {attempt}."
+            if made
+            else f"Attempt {attempt} starts once the previous gang's pods are gone."
+        )
         cy.cond(s.CREATED, True, "GangCreated", message)
         if resumed:
             cy.cond(s.SUSPENDED, False, "Resumed", "spec.runPolicy.suspend is false.")
             cy.event("Normal", "Resumed", f"Job resumed: {message}")
         else:
             cy.event("Normal", s.CREATED, message)
-        _workers(cy, [], created=spec.nodes)
+        _workers(cy, [], created=made)
         return
 
     started = s.parse_time(cy.status.get("startTime"))
@@ -329,8 +375,7 @@ def _active(
         cy.cond(s.CREATED, True, "SpecChanged", message)
         cy.uncond(s.RUNNING, "SpecChanged", "The gang is being replaced.")
         cy.event("Normal", "SpecChanged", message)
-        _new_gang(cy, spec, attempt, settings)
-        _workers(cy, [], created=spec.nodes)
+        _workers(cy, [], created=_new_gang(cy, spec, attempt, settings))
         return
 
     failed = [p for p in current if s.pod_phase(p) == s.FAILED]
@@ -347,6 +392,8 @@ def _active(
             why = f"worker(s) {', '.join(map(str, missing))} of attempt {attempt} disappeared"
         restarts = int(cy.status.get("restarts") or 0)
         _workers(cy, current)
+        if _permanent(cy, policy, failed, why if lost else None):
+            return
         if restarts >= policy.backoff_limit:
             _fail(
                 cy,
@@ -369,8 +416,7 @@ def _active(
         cy.cond(s.RESTARTING, True, "WorkerFailed", message)
         cy.uncond(s.RUNNING, "WorkerFailed", "A worker failed; the gang is being replaced.")
         cy.event("Warning", s.RESTARTING, message)
-        _new_gang(cy, spec, attempt, settings)
-        _workers(cy, [], created=spec.nodes)
+        _workers(cy, [], created=_new_gang(cy, spec, attempt, settings))
         return
 
     if len(succeeded) == spec.nodes:
@@ -387,7 +433,12 @@ def _active(
         cy.event("Normal", s.SUCCEEDED, f"Training finished: all {spec.nodes} worker(s) succeeded.")
         return
 
-    if missing:  # the gang is still forming: (re)create absent workers
+    if _startup_blocked(cy, spec, current, missing):
+        return
+    if missing and stale:  # a replacement gang: wait until the old one is gone
+        _wait_for_old_gang(cy, len(stale))
+        missing = []
+    elif missing:  # the gang is still forming: (re)create absent workers
         _create_workers(cy, spec, attempt, missing, settings)
     if missing == [] and len(running) + len(succeeded) == spec.nodes and running:
         if cy.phase != s.RUNNING:
@@ -395,10 +446,98 @@ def _active(
         cy.status["phase"] = s.RUNNING
         message = f"All {spec.nodes} worker(s) of attempt {attempt} are running."
         cy.cond(s.RUNNING, True, "AllWorkersRunning", message)
+        cy.cond(PODS_READY, True, "AllWorkersRunning", message)
         cy.uncond(s.RESTARTING, "AllWorkersRunning", message)
     elif cy.phase not in (s.CREATED, s.RESTARTING, s.RUNNING):
         cy.status["phase"] = s.CREATED
     _workers(cy, current, created=len(missing))
+
+
+def _permanent(
+    cy: _Cycle, policy: RunPolicy, failed: list[dict[str, Any]], lost: str | None
+) -> bool:
+    """Fail the job when a failure must not be retried (restartPolicy, exit codes)."""
+    if lost is not None and policy.restart_policy == "Never":
+        _fail(cy, PERMANENT_FAILURE, f"{lost}; spec.runPolicy.restartPolicy is Never.", policy)
+        return True
+    for pod in failed:
+        why = permanent_reason(pod, policy.restart_policy)
+        if why is None:
+            continue
+        message = f"{s.describe_failure(pod)}. Not retried: {why}."
+        tail = log_tail(cy.observed.logs.get(s.pod_name(pod)))
+        if tail:
+            message += f"\nLast log lines:\n{tail}"
+        _fail(cy, PERMANENT_FAILURE, message, policy)
+        return True
+    return False
+
+
+def _admission(cy: _Cycle, current: list[dict[str, Any]]) -> None:
+    """Queued/Admitted conditions for a job in a Kueue queue, from its pods' scheduling gates."""
+    queue = g.kueue_queue((cy.job.get("metadata") or {}).get("labels"))
+    state = g.admission_state(current) if queue is not None else None
+    if state == "Queued":
+        message = f"Kueue holds the gang in queue {queue} until its quota admits all workers."
+        cy.cond(s.QUEUED, True, "WaitingForQuota", message)
+        cy.cond(s.ADMITTED, False, "WaitingForQuota", message)
+    elif state == "Admitted":
+        message = f"Kueue admitted the gang (queue {queue})."
+        cy.cond(s.QUEUED, False, "Admitted", message)
+        cy.cond(s.ADMITTED, True, "Admitted", message)
+
+
+def _startup_blocked(
+    cy: _Cycle, spec: FineTuneJobSpec, current: list[dict[str, Any]], missing: list[int]
+) -> bool:
+    """Track why workers cannot start; True when this cycle must not create anything
+    (create backoff) or the job just failed (startup timeout)."""
+    policy = spec.run_policy
+    sched = policy.scheduling_policy
+    gang = sched is not None and sched.scheduler != "default"
+    old = cy.status.get("startup") or {}
+    retries = int(old.get("retries") or 0)
+    problem = st.rejection_problem(cy.observed.rejections)
+    if problem is not None:
+        retries += 1
+        retry_at = st.next_retry(cy.now, retries)
+    else:
+        pending = [p for p in current if s.pod_phase(p) == s.PENDING]
+        problem = next((x for p in pending if (x := st.pod_problem(p, gang))), None)
+        retry_at = s.parse_time(old.get("nextRetry"))
+        if problem is None and old.get("reason") == st.CREATE_REJECTED and missing:
+            problem = st.Problem(st.CREATE_REJECTED, str(old.get("message") or ""))
+    if problem is None:
+        if cy.status.pop("startup", None) is not None:
+            cy.cond(PODS_READY, False, "Starting", "The workers are starting.")
+        return False
+    since = s.parse_time(old.get("since")) or cy.now
+    if _elapsed(since, cy.now) >= policy.startup_timeout_seconds:
+        cy.status.pop("startup", None)
+        _fail(
+            cy,
+            "StartupTimeout",
+            f"The workers could not start for {policy.startup_timeout_seconds}s "
+            f"(spec.runPolicy.startupTimeoutSeconds): {problem.reason}: {problem.message}",
+            policy,
+        )
+        return True
+    record: dict[str, Any] = {
+        "reason": problem.reason,
+        "message": redact(problem.message),
+        "since": s.rfc3339(since),
+    }
+    blocked = False
+    if problem.reason == st.CREATE_REJECTED and retry_at is not None:
+        record |= {"retries": retries, "nextRetry": s.rfc3339(retry_at)}
+        blocked = cy.now < retry_at
+    if old.get("reason") != problem.reason:  # one event per new reason, not one per cycle
+        cy.event("Warning", problem.reason, problem.message)
+    cy.status["startup"] = record
+    cy.cond(PODS_READY, False, problem.reason, problem.message)
+    if blocked:
+        cy.decision.create = []
+    return blocked
 
 
 def _workers(cy: _Cycle, pods: list[dict[str, Any]], created: int = 0) -> None:
