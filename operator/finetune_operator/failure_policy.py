@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_runtime.errors import USER_ERROR_EXIT_CODES
-
 from finetune_operator import constants as c
 from finetune_operator.redact import redact
+from finetune_runtime.errors import USER_ERROR_EXIT_CODES
 
 LOG_LINES = 20  # last lines of a failed trainer copied into the Failed condition
 LOG_BYTES = 4096  # read at most this much log per pod (the shell's pods/log limitBytes)
@@ -25,9 +24,7 @@ def exit_codes(pod: dict[str, Any]) -> list[tuple[str, int]]:
     """(container, exit code) of every container that terminated non-zero."""
     status = pod.get("status") or {}
     out = []
-    for cs in (status.get("initContainerStatuses") or []) + (
-        status.get("containerStatuses") or []
-    ):
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         term = (cs.get("state") or {}).get("terminated") or {}
         code = term.get("exitCode")
         if isinstance(code, int) and code != 0:

@@ -48,7 +48,8 @@ class PodTemplateMetadata(_Model):
             "x-kubernetes-validations": [
                 {
                     "rule": "self.all(k, !k.startsWith('finetune.dev/') && "
-                    f"!k.startsWith('app.kubernetes.io/') && !(k in {_cel_list(g.RESERVED_LABELS)}))",
+                    "!k.startsWith('app.kubernetes.io/') && "
+                    f"!(k in {_cel_list(g.RESERVED_LABELS)}))",
                     "message": "labels under finetune.dev/, app.kubernetes.io/ and the gang "
                     "admission labels are set by the operator",
                 }
@@ -147,7 +148,8 @@ class PodTemplateSpec(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": f"self.all(v, !has(v.name) || !(v.name in {_cel_list(OPERATOR_VOLUMES)}))",
+                    "rule": "self.all(v, !has(v.name) || "
+                    f"!(v.name in {_cel_list(OPERATOR_VOLUMES)}))",
                     "message": "volume names config, checkpoints, data and dshm are the operator's",
                 }
             ]

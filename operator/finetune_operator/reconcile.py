@@ -15,8 +15,8 @@ from typing import Any
 
 from finetune_operator import manifests as m
 from finetune_operator import scheduling as g
-from finetune_operator import status as s
 from finetune_operator import startup as st
+from finetune_operator import status as s
 from finetune_operator.effective import effective_config_yaml
 from finetune_operator.failure_policy import log_tail, permanent_reason
 from finetune_operator.redact import redact
@@ -498,6 +498,7 @@ def _startup_blocked(
     old = cy.status.get("startup") or {}
     retries = int(old.get("retries") or 0)
     problem = st.rejection_problem(cy.observed.rejections)
+    retry_at: datetime | None
     if problem is not None:
         retries += 1
         retry_at = st.next_retry(cy.now, retries)

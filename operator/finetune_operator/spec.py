@@ -33,7 +33,7 @@ _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMG
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
-_NO_USERINFO_CEL = {
+_NO_USERINFO_CEL: Any = {
     "rule": "!self.matches('^[^:/]+://[^/]*@')",
     "message": "must not carry credentials (user:password@): use secretRef",
 }
@@ -285,30 +285,27 @@ class RunPolicy(_Model):
 
 _SP = "self.runPolicy.schedulingPolicy"
 _HAS_SP = f"has(self.runPolicy) && has({_SP})"
-SPEC_RULES = [
+SPEC_RULES: Any = [
     {
         "rule": f"!({_HAS_SP} && has({_SP}.minAvailable)) || "
         f"{_SP}.minAvailable <= (has(self.nodes) ? self.nodes : 1)",
         "message": "runPolicy.schedulingPolicy.minAvailable must not exceed nodes",
-        "fieldPath": ".runPolicy.schedulingPolicy.minAvailable",
     },
     {
         "rule": f"!(has(self.priorityClassName) && {_HAS_SP} && has({_SP}.priorityClass))",
         "message": "set priorityClassName or runPolicy.schedulingPolicy.priorityClass, not both",
-        "fieldPath": ".priorityClassName",
     },
     {
         "rule": f"!({_HAS_SP} && has({_SP}.queue)) || "
         f"(has({_SP}.scheduler) && {_SP}.scheduler == 'volcano')",
-        "message": "runPolicy.schedulingPolicy.queue is a Volcano queue: it needs scheduler: volcano",
-        "fieldPath": ".runPolicy.schedulingPolicy.queue",
+        "message": "runPolicy.schedulingPolicy.queue is a Volcano queue: "
+        "it needs scheduler: volcano",
     },
     {
         "rule": "!(has(self.nodes) && self.nodes > 1 && has(self.storage) && "
         "has(self.storage.accessModes) && !('ReadWriteMany' in self.storage.accessModes))",
         "message": "a gang of several nodes shares the checkpoint volume: storage.accessModes "
         "must include ReadWriteMany (or use storage.existingClaim)",
-        "fieldPath": ".storage.accessModes",
     },
 ]
 
@@ -372,8 +369,9 @@ class FineTuneJobSpec(_Model):
                 "set priorityClassName or runPolicy.schedulingPolicy.priorityClass, not both"
             )
         if policy.queue is not None and policy.scheduler != "volcano":
-            raise ValueError("runPolicy.schedulingPolicy.queue is a Volcano queue: it needs "
-                             "scheduler: volcano")
+            raise ValueError(
+                "runPolicy.schedulingPolicy.queue is a Volcano queue: it needs scheduler: volcano"
+            )
         return self
 
     @property

@@ -49,9 +49,7 @@ def pod_problem(pod: dict[str, Any], gang_scheduler: bool) -> Problem | None:
     """What keeps one pending worker from starting (None: nothing, or only queueing)."""
     status = pod.get("status") or {}
     name = str((pod.get("metadata") or {}).get("name", ""))
-    for cs in (status.get("initContainerStatuses") or []) + (
-        status.get("containerStatuses") or []
-    ):
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in STUCK_WAITING:
             detail = redact(str(waiting.get("message") or ""))[:300]

@@ -42,6 +42,8 @@ from kmock._internal import enums, k8s
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "finetunejob.yaml"
+# The gang schedulers' PodGroup CRDs (published, unmodified; see tests/operator/crds/README.md).
+EXTRA_CRDS = sorted((ROOT / "tests" / "operator" / "crds").glob("*.yaml"))
 JOBS = "apis/finetune.dev/v1alpha1"
 
 
@@ -218,20 +220,23 @@ class Cluster:
         ready = threading.Event()
         crd = yaml.safe_load(CRD_PATH.read_text())
 
+        extra = [yaml.safe_load(path.read_text()) for path in EXTRA_CRDS]
+
         async def serve() -> None:
             server = ApiServer()
             server.resources.load_bundled()
-            names, version = crd["spec"]["names"], crd["spec"]["versions"][0]
-            key = f"{crd['spec']['group']}/{version['name']}/{names['plural']}"
-            server.resources[key] = kmock.ResourceInfo(
-                kind=names["kind"],
-                singular=names["singular"],
-                namespaced=crd["spec"]["scope"] == "Namespaced",
-                shortnames=set(names["shortNames"]),
-                categories=set(names.get("categories", [])),
-                subresources=set(version.get("subresources", {})),
-                verbs={"create", "delete", "get", "list", "patch", "watch"},
-            )
+            for definition in [crd, *extra]:
+                names, version = definition["spec"]["names"], definition["spec"]["versions"][0]
+                key = f"{definition['spec']['group']}/{version['name']}/{names['plural']}"
+                server.resources[key] = kmock.ResourceInfo(
+                    kind=names["kind"],
+                    singular=names["singular"],
+                    namespaced=definition["spec"]["scope"] == "Namespaced",
+                    shortnames=set(names.get("shortNames", [])),
+                    categories=set(names.get("categories", [])),
+                    subresources=set(version.get("subresources", {})),
+                    verbs={"create", "delete", "get", "list", "patch", "watch"},
+                )
             self._stop = asyncio.Event()
             async with server, kmock.Server(server) as http:
                 self.server = server
