@@ -27,7 +27,7 @@ from pydantic.alias_generators import to_camel
 from finetune_operator import constants as c
 from finetune_operator.pod_template import PodTemplate
 from finetune_operator.redact import has_userinfo, redact
-from finetune_operator.scheduling import SchedulingPolicy
+from finetune_operator.scheduling import KUEUE_QUEUE_LABEL, SchedulingPolicy, kueue_queue
 
 _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -519,6 +519,21 @@ def check_name(name: str, nodes: int) -> list[SpecIssue]:
     return []
 
 
+def check_admission(meta: dict[str, Any], spec: FineTuneJobSpec) -> list[SpecIssue]:
+    """Kueue (the queue-name label) and a PodGroup scheduler would both gate the gang."""
+    policy = spec.run_policy.scheduling_policy
+    queue = kueue_queue(meta.get("labels"))
+    if queue is not None and policy is not None and policy.scheduler != "default":
+        return [
+            SpecIssue(
+                "spec.runPolicy.schedulingPolicy.scheduler",
+                f"the job is in Kueue queue {queue!r} (label {KUEUE_QUEUE_LABEL}), which admits "
+                f"the gang itself: drop scheduler: {policy.scheduler} or the label",
+            )
+        ]
+    return []
+
+
 def validate_job(body: dict[str, Any]) -> ValidJob:
     """Validate a whole FineTuneJob body: name, spec and training config."""
     from finetune_runtime.config import parse_config
@@ -527,7 +542,7 @@ def validate_job(body: dict[str, Any]) -> ValidJob:
     meta = body.get("metadata") or {}
     name, namespace = meta.get("name", ""), meta.get("namespace", "")
     spec = parse_spec(body.get("spec"))
-    issues = check_name(name, spec.nodes)
+    issues = check_name(name, spec.nodes) + check_admission(meta, spec)
     if issues:
         raise SpecError(issues)
     source = f"FineTuneJob {namespace}/{name} spec.config"
