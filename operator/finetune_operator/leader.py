@@ -3,9 +3,10 @@
 Several operator replicas run; one holds the Lease and reconciles, the others wait. The
 decision (`decide`) is pure; `LeaseElector` does the API calls with optimistic
 concurrency (a patch carries the resourceVersion it read as a precondition, so two
-candidates can never both win). The leader renews every `retry` seconds; if it cannot renew for `renew_deadline`
-(< `duration`) it stops leading before anybody else may take over. On a clean shutdown
-it releases the Lease, so a standby takes over at once instead of after `duration`.
+candidates can never both win). The leader renews every `retry` seconds; if it cannot
+renew for `renew_deadline` (< `duration`) it stops leading before anybody else may take
+over. On a clean shutdown it releases the Lease, so a standby takes over at once instead
+of after `duration`.
 """
 
 from __future__ import annotations
