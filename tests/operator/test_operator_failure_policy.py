@@ -8,7 +8,6 @@ pull errors, CreateContainerConfigError) with backoff, aggregated events and a d
 from __future__ import annotations
 
 import pytest
-from finetune_runtime.errors import USER_ERROR_EXIT_CODES, ConfigError, DatasetError
 from op_fixtures import (
     after,
     condition,
@@ -23,6 +22,7 @@ from op_fixtures import (
 
 from finetune_operator.reconcile import Observed
 from finetune_operator.startup import Rejection, backoff_seconds
+from finetune_runtime.errors import USER_ERROR_EXIT_CODES, ConfigError, DatasetError
 
 SECRET = "AKIAABCDEFGHIJKLMNOP"
 
