@@ -31,6 +31,11 @@ class LeaseTiming:
     renew_deadline: float = 10.0  # the leader gives up if it could not renew for this long
     retry: float = 2.0  # how often candidates try and the leader renews
 
+    @classmethod
+    def for_duration(cls, duration: float) -> LeaseTiming:
+        """client-go's proportions (15 s / 10 s / 2 s) for another lease duration."""
+        return cls(duration, duration * 2 / 3, duration * 2 / 15)
+
 
 def _time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
@@ -69,7 +74,7 @@ def lease_spec(
     old = (lease or {}).get("spec") or {}
     spec = {
         "holderIdentity": identity,
-        "leaseDurationSeconds": int(timing.duration),
+        "leaseDurationSeconds": max(1, round(timing.duration)),
         "renewTime": micro_time(now),
         "acquireTime": old.get("acquireTime") if action == "renew" else micro_time(now),
         "leaseTransitions": int(old.get("leaseTransitions") or 0) + (action == "take"),

@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Namespace of the Lease (default: $POD_NAMESPACE).",
     )
     p.add_argument("--leader-election-id", default="finetune-operator", help="Lease name.")
+    p.add_argument(
+        "--leader-lease-seconds",
+        type=float,
+        default=15.0,
+        help="How long a standby waits after the leader's last renewal before taking over.",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
     return p
 
@@ -110,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resync_seconds <= 0:
         print("finetune-operator: --resync-seconds must be > 0", file=sys.stderr)
+        return 2
+    if args.leader_lease_seconds < 1:
+        print("finetune-operator: --leader-lease-seconds must be >= 1", file=sys.stderr)
         return 2
     log_format = {
         "json": kopf.LogFormat.JSON,
@@ -155,11 +164,15 @@ def _lead_then_run(
     import kubernetes
 
     from finetune_operator.kube import load_configuration
-    from finetune_operator.leader import LeaseElector, default_identity
+    from finetune_operator.leader import LeaseElector, LeaseTiming, default_identity
 
     api = kubernetes.client.CoordinationV1Api(kubernetes.client.ApiClient(load_configuration()))
     elector = LeaseElector(
-        api, args.leader_election_namespace, args.leader_election_id, default_identity()
+        api,
+        args.leader_election_namespace,
+        args.leader_election_id,
+        default_identity(),
+        LeaseTiming.for_duration(args.leader_lease_seconds),
     )
     stop, lost = threading.Event(), threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())

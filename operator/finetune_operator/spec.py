@@ -87,7 +87,10 @@ class S3Source(_Model):
     uri: str = Field(
         description="s3://bucket/prefix (or s3://bucket/key for one object).",
         max_length=2048,
-        json_schema_extra={"pattern": _S3_URI.pattern},
+        json_schema_extra={
+            "pattern": _S3_URI.pattern,
+            "x-kubernetes-validations": [_NO_USERINFO_CEL],
+        },
     )
     endpoint: str | None = Field(
         None,

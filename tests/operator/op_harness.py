@@ -519,6 +519,7 @@ class Operator:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "operator.log"
         self.starts = 0
+        self.extra_args: list[str] = []  # e.g. --leader-elect
 
     @staticmethod
     def executable() -> str:
@@ -556,6 +557,7 @@ class Operator:
             "finetune-runtime:test",
             "--log-format",
             "full",
+            *self.extra_args,
         ]
         log = self.log_path.open("ab")
         log.write(f"\n===== operator start #{self.starts} =====\n".encode())

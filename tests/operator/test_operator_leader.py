@@ -1,0 +1,178 @@
+"""Leader election: the pure Lease decision, the elector against an API server, and the
+real operator processes failing over when the leader is killed mid-gang.
+
+Real: the `finetune-operator` processes (two replicas, `--leader-elect`), the kubernetes
+client's Lease calls. Emulated: the API server (kmock, tests/operator/op_harness.py) and
+the kubelet (pod phases), which cannot exist here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import kubernetes
+import pytest
+from op_cluster import cluster_fixture, kubelet_fixture  # noqa: F401  (shared fixtures)
+from op_harness import Cluster, Kubelet, Operator, free_port, wait_for
+
+from finetune_operator.leader import LeaseElector, LeaseTiming, decide, lease_spec, micro_time
+
+pytestmark = pytest.mark.slow
+
+T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
+CONFIG = {
+    "base_model": "builtin:tiny-llama",
+    "datasets": [{"path": "train.jsonl"}],
+    "training": {"max_steps": 20},
+}
+
+
+def held(by: str, renewed: datetime, duration: int = 15) -> dict:
+    return {
+        "spec": {
+            "holderIdentity": by,
+            "renewTime": micro_time(renewed),
+            "leaseDurationSeconds": duration,
+        }
+    }
+
+
+# ------------------------------------------------------------------------------- pure
+
+
+def test_leader_decision_table():
+    assert decide(None, "a", T0) == "create"
+    assert decide(held("a", T0), "a", T0 + timedelta(seconds=60)) == "renew"
+    assert decide(held("b", T0), "a", T0 + timedelta(seconds=14)) == "wait"
+    assert decide(held("b", T0), "a", T0 + timedelta(seconds=15)) == "take"
+    released = {"spec": {"leaseDurationSeconds": 1, "renewTime": micro_time(T0)}}
+    assert decide(released, "a", T0) == "take"
+
+
+def test_leader_lease_spec_counts_transitions_and_keeps_acquire_time():
+    timing = LeaseTiming.for_duration(15)
+    first = lease_spec(None, "a", T0, "create", timing)
+    assert first["holderIdentity"] == "a" and first["leaseTransitions"] == 0
+    later = T0 + timedelta(seconds=5)
+    renewed = lease_spec({"spec": first}, "a", later, "renew", timing)
+    assert renewed["acquireTime"] == first["acquireTime"]
+    assert renewed["renewTime"] == micro_time(later)
+    taken = lease_spec({"spec": renewed}, "b", later, "take", timing)
+    assert taken["leaseTransitions"] == 1 and taken["acquireTime"] == micro_time(later)
+    assert timing.renew_deadline < timing.duration
+
+
+# --------------------------------------------------------------- elector over the API
+
+
+def coordination(cluster: Cluster) -> kubernetes.client.CoordinationV1Api:
+    config = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(str(cluster.kubeconfig), client_configuration=config)
+    return kubernetes.client.CoordinationV1Api(kubernetes.client.ApiClient(config))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_leader_only_one_candidate_wins_and_a_standby_takes_over(cluster: Cluster):
+    api, clock = coordination(cluster), Clock()
+    timing = LeaseTiming.for_duration(15)
+    a = LeaseElector(api, "leases-1", "op", "a", timing, clock)
+    b = LeaseElector(api, "leases-1", "op", "b", timing, clock)
+    assert a.try_once() is True
+    assert b.try_once() is False
+    clock.now += timedelta(seconds=10)
+    assert a.try_once() is True  # renewed
+    clock.now += timedelta(seconds=14)
+    assert b.try_once() is False  # a renewed 14 s ago
+    clock.now += timedelta(seconds=1)  # a is gone (no renewal for 15 s)
+    assert b.try_once() is True
+    assert a.try_once() is False  # a came back: it is a standby now
+    b.release()
+    assert a.try_once() is True  # released: no need to wait for the expiry
+
+
+def test_leader_concurrent_takeover_has_exactly_one_winner(cluster: Cluster):
+    """Both read the same expired Lease; the resourceVersion precondition lets one write."""
+    api, clock = coordination(cluster), Clock()
+    timing = LeaseTiming.for_duration(15)
+    LeaseElector(api, "leases-2", "op", "old", timing, clock).try_once()
+    clock.now += timedelta(seconds=20)
+    candidates = [LeaseElector(api, "leases-2", "op", f"c{i}", timing, clock) for i in range(4)]
+    barrier = threading.Barrier(len(candidates))
+    results: list[bool] = []
+
+    def attempt(elector: LeaseElector) -> None:
+        barrier.wait()
+        results.append(elector.try_once())
+
+    threads = [threading.Thread(target=attempt, args=(c,)) for c in candidates]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert results.count(True) == 1, results
+
+
+# ------------------------------------------------------------ failover of real replicas
+
+
+@pytest.fixture()
+def replicas(cluster: Cluster, tmp_path: Path) -> Iterator[list[Operator]]:
+    ops = []
+    for i in range(2):
+        op = Operator(cluster, tmp_path / f"op{i}", progress_port=free_port(), resync_seconds=0.5)
+        op.workdir.mkdir()
+        op.log_path = op.workdir / "operator.log"
+        op.extra_args = [
+            "--leader-elect",
+            "--leader-election-namespace",
+            "leases-failover",
+            "--leader-lease-seconds",
+            "3",
+        ]
+        ops.append(op)
+    yield ops
+    for op in ops:
+        print(f"----- {op.workdir.name} log (tail) -----\n{op.logs()[-4000:]}")
+        op.stop()
+
+
+def leading(op: Operator) -> bool:
+    return "became the leader" in op.logs()
+
+
+def test_leader_killed_mid_gang_standby_finishes_it(
+    cluster: Cluster, kubelet: Kubelet, replicas: list[Operator]
+):
+    ns = "leader-failover"
+    first, second = replicas
+    first.start()
+    wait_for(lambda: leading(first), what="the first replica leads")
+    second.start()  # healthy as a standby
+    assert not leading(second)
+
+    cluster.create_job(ns, "gang", {"config": CONFIG, "nodes": 3})
+    pods = wait_for(lambda: len(p := cluster.pods(ns, 1)) == 3 and p, what="attempt 1")
+    kubelet.run(pods[0])  # mid-gang: one worker runs, two are still pending
+    first.kill()  # SIGKILL: no release, the standby waits for the Lease to expire
+
+    wait_for(lambda: leading(second), timeout=30, what="the standby takes over")
+    for p in pods[1:]:
+        kubelet.run(p)
+    wait_for(lambda: cluster.status(ns, "gang").get("phase") == "Running", what="Running")
+    assert all(count == 1 for count in cluster.creations("pods", ns).values())
+    assert sorted(p["metadata"]["name"] for p in cluster.pods(ns)) == [
+        "gang-a1-worker-0",
+        "gang-a1-worker-1",
+        "gang-a1-worker-2",
+    ]
+    assert cluster.status(ns, "gang")["attempt"] == 1  # the failover restarted nothing
