@@ -142,15 +142,15 @@ class Controller:
                 if job is None:
                     return True
                 decision = reconcile(job, self.observe(job), datetime.now(UTC), self.settings)
-                try:
-                    gone = self.act(job, decision)
-                except StatusConflict:
-                    log.info("%s/%s changed while reconciling; deciding again", namespace, name)
-                    continue
+                # Metrics first: once the status patch is visible, the metrics agree with it
+                # (a conflicting cycle is decided again and overwrites them).
                 self.metrics.observe(
                     (namespace, name), decision.status.get("phase"), decision.status.get("progress")
                 )
-                return gone
+                try:
+                    return self.act(job, decision)
+                except StatusConflict:
+                    log.info("%s/%s changed while reconciling; deciding again", namespace, name)
             return False
         except Exception:
             self.metrics.reconcile_errors.inc()

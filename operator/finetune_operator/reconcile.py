@@ -8,122 +8,48 @@ observations yields the same decision, so an operator restart never duplicates p
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from finetune_operator import gang_health as gh
 from finetune_operator import manifests as m
 from finetune_operator import scheduling as g
-from finetune_operator import startup as st
 from finetune_operator import status as s
+from finetune_operator.cycle import (
+    INVALID_SPEC,
+    PERMANENT_FAILURE,
+    PODS_READY,
+    TERMINAL,
+    ChildRef,
+    Cycle,
+    Decision,
+    Event,
+    Observed,
+    clean_pods,
+    complete,
+    elapsed,
+    fail,
+)
 from finetune_operator.effective import effective_config_yaml
-from finetune_operator.failure_policy import log_tail, permanent_reason
-from finetune_operator.redact import redact
 from finetune_operator.spec import FineTuneJobSpec, RunPolicy, SpecError, validate_job
 
-INVALID_SPEC = "InvalidSpec"
-PERMANENT_FAILURE = "PermanentFailure"
-PODS_READY = s.PODS_READY
-TERMINAL = (s.SUCCEEDED, s.FAILED)
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What exists now: children owned by the job, and rank 0's progress if polled."""
-
-    pods: list[dict[str, Any]] = field(default_factory=list)
-    config_map: dict[str, Any] | None = None
-    service: dict[str, Any] | None = None
-    claim: dict[str, Any] | None = None  # the checkpoint PVC (ours or spec.storage.existingClaim)
-    progress: dict[str, Any] | None = None
-    pod_group: dict[str, Any] | None = None  # the coscheduling/volcano PodGroup, if any
-    rejections: list[st.Rejection] = field(default_factory=list)  # creates refused last cycle
-    logs: dict[str, str] = field(default_factory=dict)  # pod name -> last log lines (failed pods)
-
-
-@dataclass(frozen=True)
-class ChildRef:
-    kind: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass
-class Decision:
-    status: dict[str, Any]
-    create: list[dict[str, Any]] = field(default_factory=list)
-    update: list[dict[str, Any]] = field(default_factory=list)
-    delete: list[ChildRef] = field(default_factory=list)
-    # Pods still terminating after their grace period: deleted with gracePeriodSeconds=0.
-    force_delete: list[ChildRef] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    delete_job: bool = False
-
-
-class _Cycle:
-    """Mutable scratch state for one reconcile pass."""
-
-    def __init__(self, job: dict[str, Any], observed: Observed, now: datetime) -> None:
-        self.job = job
-        self.ref = m.JobRef.from_body(job)
-        self.observed = observed
-        self.now = now
-        self.old = copy.deepcopy(job.get("status") or {})
-        self.status: dict[str, Any] = copy.deepcopy(self.old)
-        self.decision = Decision(status=self.status)
-        self.conditions: list[dict[str, Any]] = list(self.status.get("conditions") or [])
-        self.digest: str | None = None  # spec hash of the gang the spec asks for
-        self.outputs: dict[str, str] | None = None  # status.outputs once it succeeds
-
-    # -- small helpers
-    @property
-    def phase(self) -> str | None:
-        return self.status.get("phase")
-
-    def cond(self, type_: str, on: bool, reason: str, message: str) -> None:
-        message = redact(message)  # conditions never echo a credential
-        self.conditions = s.set_condition(self.conditions, type_, on, reason, message, self.now)
-
-    def uncond(self, type_: str, reason: str, message: str) -> None:
-        self.conditions = s.clear_condition(self.conditions, type_, reason, message, self.now)
-
-    def event(self, type_: str, reason: str, message: str) -> None:
-        self.decision.events.append(Event(type_, reason, redact(message)))
-
-    def delete_pod(self, pod: dict[str, Any]) -> None:
-        ref = ChildRef("Pod", s.pod_name(pod))
-        if not s.terminating(pod) and ref not in self.decision.delete:
-            self.decision.delete.append(ref)
-
-    def retire_pod(self, pod: dict[str, Any]) -> None:
-        """Delete a pod of a replaced gang; force it once its grace period is long over."""
-        if s.termination_overdue(pod, self.now):
-            ref = ChildRef("Pod", s.pod_name(pod))
-            if ref not in self.decision.force_delete:
-                self.decision.force_delete.append(ref)
-        else:
-            self.delete_pod(pod)
-
-    def finish(self) -> Decision:
-        phase = self.phase
-        if phase in s.PHASES:
-            self.conditions = s.kstatus_conditions(self.conditions, phase, self.now)
-        self.status["conditions"] = self.conditions
-        return self.decision
+__all__ = [
+    "INVALID_SPEC",
+    "PERMANENT_FAILURE",
+    "TERMINAL",
+    "ChildRef",
+    "Decision",
+    "Event",
+    "Observed",
+    "reconcile",
+]
 
 
 def reconcile(
     job: dict[str, Any], observed: Observed, now: datetime, settings: m.PodSettings
 ) -> Decision:
     """Decide what to do about one FineTuneJob. Pure: same inputs, same decision."""
-    cy = _Cycle(job, observed, now)
+    cy = Cycle(job, observed, now)
     meta = job.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return Decision(status=cy.old)  # garbage collection removes the children
@@ -144,7 +70,7 @@ def reconcile(
         source = f"FineTuneJob {cy.ref.namespace}/{cy.ref.name} spec.config"
         config_yaml = effective_config_yaml(valid.config, valid.spec, source)
     except SpecError as exc:
-        _fail(cy, INVALID_SPEC, str(exc), _run_policy(job))
+        fail(cy, INVALID_SPEC, str(exc), _run_policy(job))
         return cy.finish()
     cy.outputs = s.outputs_status(valid.spec.output, valid.config.adapter)
     if retry_invalid:  # the user fixed the spec: start over with a fresh gang
@@ -168,12 +94,12 @@ def _run_policy(job: dict[str, Any]) -> RunPolicy:
 # ------------------------------------------------------------------------------- terminal
 
 
-def _finished(cy: _Cycle, policy: RunPolicy) -> None:
+def _finished(cy: Cycle, policy: RunPolicy) -> None:
     """A finished job: apply cleanPodPolicy (idempotently) and the TTL."""
-    _clean_pods(cy, policy)
+    clean_pods(cy, policy)
     if policy.ttl_seconds_after_finished is not None:
         done = s.parse_time(cy.status.get("completionTime"))
-        if done is not None and _elapsed(done, cy.now) >= policy.ttl_seconds_after_finished:
+        if done is not None and elapsed(done, cy.now) >= policy.ttl_seconds_after_finished:
             cy.decision.delete_job = True
             cy.event(
                 "Normal",
@@ -182,44 +108,10 @@ def _finished(cy: _Cycle, policy: RunPolicy) -> None:
             )
 
 
-def _elapsed(since: datetime, now: datetime) -> float:
-    """Seconds from `since` to `now`. Compared with the policy's seconds rather than adding
-    them to a datetime: a huge (valid int64) deadline would overflow datetime's range."""
-    return (now - since).total_seconds()
-
-
-def _clean_pods(cy: _Cycle, policy: RunPolicy) -> None:
-    for pod in cy.observed.pods:
-        if policy.clean_pod_policy == "All" or (
-            policy.clean_pod_policy == "Running" and s.pod_phase(pod) not in TERMINAL
-        ):
-            cy.delete_pod(pod)
-
-
-def _complete(cy: _Cycle, phase: str, reason: str, message: str, policy: RunPolicy) -> None:
-    cy.status["phase"] = phase
-    cy.status["completionTime"] = s.rfc3339(cy.now)
-    cy.cond(phase, True, reason, message)
-    cy.uncond(s.RUNNING, reason, "The job has finished.")
-    cy.uncond(s.RESTARTING, reason, "The job has finished.")
-    _clean_pods(cy, policy)
-
-
-def _fail(cy: _Cycle, reason: str, message: str, policy: RunPolicy) -> None:
-    already = cy.phase == s.FAILED and (
-        (s.get_condition(cy.conditions, s.FAILED) or {}).get("message") == message
-    )
-    _complete(cy, s.FAILED, reason, message, policy)
-    if already:
-        cy.status["completionTime"] = cy.old.get("completionTime", cy.status["completionTime"])
-    else:
-        cy.event("Warning", reason, message)
-
-
 # --------------------------------------------------------------------------------- active
 
 
-def _ensure_children(cy: _Cycle, spec: FineTuneJobSpec, config_yaml: str, port: int) -> bool:
+def _ensure_children(cy: Cycle, spec: FineTuneJobSpec, config_yaml: str, port: int) -> bool:
     """Create/refresh ConfigMap, Service and PVC; False if the workers cannot start yet."""
     obs, ref = cy.observed, cy.ref
     wanted = m.config_map(ref, config_yaml)
@@ -253,7 +145,7 @@ def _ensure_children(cy: _Cycle, spec: FineTuneJobSpec, config_yaml: str, port: 
 
 
 def _create_workers(
-    cy: _Cycle, spec: FineTuneJobSpec, attempt: int, ranks: list[int], settings: m.PodSettings
+    cy: Cycle, spec: FineTuneJobSpec, attempt: int, ranks: list[int], settings: m.PodSettings
 ) -> None:
     existing = {s.pod_name(p) for p in cy.observed.pods}
     queue = g.kueue_queue((cy.job.get("metadata") or {}).get("labels"))
@@ -263,29 +155,20 @@ def _create_workers(
             cy.decision.create.append(pod)
 
 
-def _new_gang(cy: _Cycle, spec: FineTuneJobSpec, attempt: int, settings: m.PodSettings) -> int:
+def _new_gang(cy: Cycle, spec: FineTuneJobSpec, attempt: int, settings: m.PodSettings) -> int:
     """Start gang `attempt`: now if no pod of an older gang is left, else once they are gone
     (the same hostnames, the same checkpoint directory). Returns the pods created."""
     cy.status["attempt"] = attempt
+    cy.status.pop("startup", None)  # a new gang starts with a clean slate
     if cy.observed.pods:
-        _wait_for_old_gang(cy, len(cy.observed.pods))
+        gh.wait_for_old_gang(cy, len(cy.observed.pods))
         return 0
     _create_workers(cy, spec, attempt, list(range(spec.nodes)), settings)
     return spec.nodes
 
 
-def _wait_for_old_gang(cy: _Cycle, left: int) -> None:
-    cy.cond(
-        PODS_READY,
-        False,
-        "WaitingForOldGang",
-        f"Waiting for {left} pod(s) of the previous gang to terminate before starting "
-        f"attempt {cy.status['attempt']}: no two gangs share hostnames or the checkpoints.",
-    )
-
-
 def _active(
-    cy: _Cycle,
+    cy: Cycle,
     spec: FineTuneJobSpec,
     config_yaml: str,
     settings: m.PodSettings,
@@ -305,7 +188,7 @@ def _active(
     for pod in stale:  # leftovers of replaced gangs
         cy.retire_pod(pod)
     current = [p for p in cy.observed.pods if s.pod_attempt(p) == attempt and not s.terminating(p)]
-    _admission(cy, current)
+    gh.admission(cy, current)
 
     if policy.suspend:
         for pod in current:
@@ -345,10 +228,10 @@ def _active(
         cy.status["startTime"] = s.rfc3339(cy.now)
     elif (
         policy.active_deadline_seconds is not None
-        and _elapsed(started, cy.now) >= policy.active_deadline_seconds
+        and elapsed(started, cy.now) >= policy.active_deadline_seconds
     ):
         _workers(cy, current)
-        _fail(
+        fail(
             cy,
             "DeadlineExceeded",
             f"The job ran longer than spec.runPolicy.activeDeadlineSeconds "
@@ -392,10 +275,10 @@ def _active(
             why = f"worker(s) {', '.join(map(str, missing))} of attempt {attempt} disappeared"
         restarts = int(cy.status.get("restarts") or 0)
         _workers(cy, current)
-        if _permanent(cy, policy, failed, why if lost else None):
+        if gh.permanent(cy, policy, failed, why if lost else None):
             return
         if restarts >= policy.backoff_limit:
-            _fail(
+            fail(
                 cy,
                 "BackoffLimitExceeded",
                 f"{why}. The gang was restarted {restarts} time(s); "
@@ -421,7 +304,7 @@ def _active(
 
     if len(succeeded) == spec.nodes:
         _workers(cy, current)
-        _complete(
+        complete(
             cy, s.SUCCEEDED, "AllWorkersSucceeded", f"All {spec.nodes} worker(s) succeeded.", policy
         )
         if cy.outputs is not None:  # rank 0 exits 0 only after its uploads succeeded
@@ -433,10 +316,10 @@ def _active(
         cy.event("Normal", s.SUCCEEDED, f"Training finished: all {spec.nodes} worker(s) succeeded.")
         return
 
-    if _startup_blocked(cy, spec, current, missing):
+    if gh.startup_blocked(cy, spec, current, missing):
         return
     if missing and stale:  # a replacement gang: wait until the old one is gone
-        _wait_for_old_gang(cy, len(stale))
+        gh.wait_for_old_gang(cy, len(stale))
         missing = []
     elif missing:  # the gang is still forming: (re)create absent workers
         _create_workers(cy, spec, attempt, missing, settings)
@@ -453,95 +336,7 @@ def _active(
     _workers(cy, current, created=len(missing))
 
 
-def _permanent(
-    cy: _Cycle, policy: RunPolicy, failed: list[dict[str, Any]], lost: str | None
-) -> bool:
-    """Fail the job when a failure must not be retried (restartPolicy, exit codes)."""
-    if lost is not None and policy.restart_policy == "Never":
-        _fail(cy, PERMANENT_FAILURE, f"{lost}; spec.runPolicy.restartPolicy is Never.", policy)
-        return True
-    for pod in failed:
-        why = permanent_reason(pod, policy.restart_policy)
-        if why is None:
-            continue
-        message = f"{s.describe_failure(pod)}. Not retried: {why}."
-        tail = log_tail(cy.observed.logs.get(s.pod_name(pod)))
-        if tail:
-            message += f"\nLast log lines:\n{tail}"
-        _fail(cy, PERMANENT_FAILURE, message, policy)
-        return True
-    return False
-
-
-def _admission(cy: _Cycle, current: list[dict[str, Any]]) -> None:
-    """Queued/Admitted conditions for a job in a Kueue queue, from its pods' scheduling gates."""
-    queue = g.kueue_queue((cy.job.get("metadata") or {}).get("labels"))
-    state = g.admission_state(current) if queue is not None else None
-    if state == "Queued":
-        message = f"Kueue holds the gang in queue {queue} until its quota admits all workers."
-        cy.cond(s.QUEUED, True, "WaitingForQuota", message)
-        cy.cond(s.ADMITTED, False, "WaitingForQuota", message)
-    elif state == "Admitted":
-        message = f"Kueue admitted the gang (queue {queue})."
-        cy.cond(s.QUEUED, False, "Admitted", message)
-        cy.cond(s.ADMITTED, True, "Admitted", message)
-
-
-def _startup_blocked(
-    cy: _Cycle, spec: FineTuneJobSpec, current: list[dict[str, Any]], missing: list[int]
-) -> bool:
-    """Track why workers cannot start; True when this cycle must not create anything
-    (create backoff) or the job just failed (startup timeout)."""
-    policy = spec.run_policy
-    sched = policy.scheduling_policy
-    gang = sched is not None and sched.scheduler != "default"
-    old = cy.status.get("startup") or {}
-    retries = int(old.get("retries") or 0)
-    problem = st.rejection_problem(cy.observed.rejections)
-    retry_at: datetime | None
-    if problem is not None:
-        retries += 1
-        retry_at = st.next_retry(cy.now, retries)
-    else:
-        pending = [p for p in current if s.pod_phase(p) == s.PENDING]
-        problem = next((x for p in pending if (x := st.pod_problem(p, gang))), None)
-        retry_at = s.parse_time(old.get("nextRetry"))
-        if problem is None and old.get("reason") == st.CREATE_REJECTED and missing:
-            problem = st.Problem(st.CREATE_REJECTED, str(old.get("message") or ""))
-    if problem is None:
-        if cy.status.pop("startup", None) is not None:
-            cy.cond(PODS_READY, False, "Starting", "The workers are starting.")
-        return False
-    since = s.parse_time(old.get("since")) or cy.now
-    if _elapsed(since, cy.now) >= policy.startup_timeout_seconds:
-        cy.status.pop("startup", None)
-        _fail(
-            cy,
-            "StartupTimeout",
-            f"The workers could not start for {policy.startup_timeout_seconds}s "
-            f"(spec.runPolicy.startupTimeoutSeconds): {problem.reason}: {problem.message}",
-            policy,
-        )
-        return True
-    record: dict[str, Any] = {
-        "reason": problem.reason,
-        "message": redact(problem.message),
-        "since": s.rfc3339(since),
-    }
-    blocked = False
-    if problem.reason == st.CREATE_REJECTED and retry_at is not None:
-        record |= {"retries": retries, "nextRetry": s.rfc3339(retry_at)}
-        blocked = cy.now < retry_at
-    if old.get("reason") != problem.reason:  # one event per new reason, not one per cycle
-        cy.event("Warning", problem.reason, problem.message)
-    cy.status["startup"] = record
-    cy.cond(PODS_READY, False, problem.reason, problem.message)
-    if blocked:
-        cy.decision.create = []
-    return blocked
-
-
-def _workers(cy: _Cycle, pods: list[dict[str, Any]], created: int = 0) -> None:
+def _workers(cy: Cycle, pods: list[dict[str, Any]], created: int = 0) -> None:
     phases = [s.pod_phase(p) for p in pods]
     cy.status["workers"] = {
         "active": sum(1 for p in phases if p not in TERMINAL) + created,
@@ -550,7 +345,7 @@ def _workers(cy: _Cycle, pods: list[dict[str, Any]], created: int = 0) -> None:
     }
 
 
-def _progress(cy: _Cycle) -> None:
+def _progress(cy: Cycle) -> None:
     if cy.observed.progress is None:
         return
     progress = s.progress_status(cy.observed.progress)

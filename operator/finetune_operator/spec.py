@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from finetune_operator import constants as c
+from finetune_operator.cel_rules import NO_USERINFO, SPEC_RULES
 from finetune_operator.pod_template import PodTemplate
 from finetune_operator.redact import has_userinfo, redact
 from finetune_operator.scheduling import KUEUE_QUEUE_LABEL, SchedulingPolicy, kueue_queue
@@ -33,10 +34,6 @@ _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMG
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
-_NO_USERINFO_CEL: Any = {
-    "rule": "!self.matches('^[^:/]+://[^/]*@')",
-    "message": "must not carry credentials (user:password@): use secretRef",
-}
 
 DEFAULT_STORAGE_SIZE = "10Gi"
 # torchrun's shutdown timeout (30 s) plus time to write one checkpoint.
@@ -89,14 +86,14 @@ class S3Source(_Model):
         max_length=2048,
         json_schema_extra={
             "pattern": _S3_URI.pattern,
-            "x-kubernetes-validations": [_NO_USERINFO_CEL],
+            "x-kubernetes-validations": [NO_USERINFO],
         },
     )
     endpoint: str | None = Field(
         None,
         description="S3 endpoint URL for non-AWS stores (no credentials in it).",
         max_length=2048,
-        json_schema_extra={"x-kubernetes-validations": [_NO_USERINFO_CEL]},
+        json_schema_extra={"x-kubernetes-validations": [NO_USERINFO]},
     )
     region: str | None = None
     secret_ref: SecretRef | None = None
@@ -284,33 +281,6 @@ class RunPolicy(_Model):
         "a replaced gang) the trainers finish their step and checkpoint; torchrun alone "
         "waits up to 30 s for them, so leave room for one checkpoint on top.",
     )
-
-
-_SP = "self.runPolicy.schedulingPolicy"
-_HAS_SP = f"has(self.runPolicy) && has({_SP})"
-SPEC_RULES: Any = [
-    {
-        "rule": f"!({_HAS_SP} && has({_SP}.minAvailable)) || "
-        f"{_SP}.minAvailable <= (has(self.nodes) ? self.nodes : 1)",
-        "message": "runPolicy.schedulingPolicy.minAvailable must not exceed nodes",
-    },
-    {
-        "rule": f"!(has(self.priorityClassName) && {_HAS_SP} && has({_SP}.priorityClass))",
-        "message": "set priorityClassName or runPolicy.schedulingPolicy.priorityClass, not both",
-    },
-    {
-        "rule": f"!({_HAS_SP} && has({_SP}.queue)) || "
-        f"(has({_SP}.scheduler) && {_SP}.scheduler == 'volcano')",
-        "message": "runPolicy.schedulingPolicy.queue is a Volcano queue: "
-        "it needs scheduler: volcano",
-    },
-    {
-        "rule": "!(has(self.nodes) && self.nodes > 1 && has(self.storage) && "
-        "has(self.storage.accessModes) && !('ReadWriteMany' in self.storage.accessModes))",
-        "message": "a gang of several nodes shares the checkpoint volume: storage.accessModes "
-        "must include ReadWriteMany (or use storage.existingClaim)",
-    },
-]
 
 
 class FineTuneJobSpec(_Model):
