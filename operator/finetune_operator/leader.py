@@ -161,8 +161,14 @@ class LeaseElector:
             stop.wait(self.timing.retry)
         return False
 
-    def keep(self, lost: threading.Event, stop: threading.Event) -> None:
-        """Renew until `stop`; set `lost` when renewal failed for renew_deadline."""
+    def keep(
+        self,
+        lost: threading.Event,
+        stop: threading.Event,
+        on_lost: Callable[[], object] | None = None,
+    ) -> None:
+        """Renew until `stop`; set `lost` (and call `on_lost`) when renewal failed for
+        renew_deadline."""
         last_ok = self.clock()
         while not stop.wait(self.timing.retry):
             try:
@@ -174,6 +180,8 @@ class LeaseElector:
             if (self.clock() - last_ok).total_seconds() >= self.timing.renew_deadline:
                 log.error("lost the leadership (Lease %s/%s)", self.namespace, self.name)
                 lost.set()
+                if on_lost is not None:
+                    on_lost()
                 return
 
     def release(self) -> None:

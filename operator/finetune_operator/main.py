@@ -8,6 +8,7 @@ loses the Lease stops reconciling and exits, so its pod restarts as a standby.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
@@ -140,8 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
     )
 
-    def run_controller(stop_flag: threading.Event | None = None) -> None:
+    def run_controller(
+        loop: asyncio.AbstractEventLoop | None = None, stop_flag: asyncio.Event | None = None
+    ) -> None:
         kopf.run(
+            loop=loop,
             standalone=True,
             clusterwide=not args.namespace,
             namespaces=args.namespace,
@@ -157,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _lead_then_run(
-    args: argparse.Namespace, run_controller: Callable[[threading.Event], None]
+    args: argparse.Namespace,
+    run_controller: Callable[[asyncio.AbstractEventLoop, asyncio.Event], None],
 ) -> int:
     """Wait for the Lease (answering /healthz as a healthy standby), then run the
     controller until SIGTERM or a lost Lease; exit 1 on the latter."""
@@ -186,17 +191,26 @@ def _lead_then_run(
         signal.signal(signal.SIGTERM, previous)
     if not leading:
         return 0
+    # kopf handles SIGTERM itself; a lost Lease stops it through an asyncio.Event set on
+    # its loop (a threading.Event would park an executor thread that never lets go).
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    stop_kopf = asyncio.Event()
     renewer = threading.Thread(
-        target=elector.keep, args=(lost, stop), name="lease-renewer", daemon=True
+        target=elector.keep,
+        args=(lost, stop, lambda: loop.call_soon_threadsafe(stop_kopf.set)),
+        name="lease-renewer",
+        daemon=True,
     )
     renewer.start()
     try:
-        run_controller(lost)  # kopf handles SIGTERM itself; `lost` stops it too
+        run_controller(loop, stop_kopf)
     finally:
         stop.set()
         renewer.join(timeout=5)
         if not lost.is_set():
             elector.release()
+        loop.close()
     return 1 if lost.is_set() else 0
 
 

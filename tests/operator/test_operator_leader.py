@@ -122,6 +122,24 @@ def test_leader_concurrent_takeover_has_exactly_one_winner(cluster: Cluster):
     assert results.count(True) == 1, results
 
 
+def test_leader_that_cannot_renew_gives_up_before_its_lease_expires(cluster: Cluster):
+    api = coordination(cluster)
+    timing = LeaseTiming(duration=1.0, renew_deadline=0.3, retry=0.05)
+    a = LeaseElector(api, "leases-3", "op", "a", timing)
+    assert a.try_once() is True
+    # Another replica took the Lease (seen from a clock far ahead, a's Lease had expired).
+    ahead = LeaseElector(
+        api, "leases-3", "op", "b", timing, lambda: datetime.now(UTC) + timedelta(hours=1)
+    )
+    assert ahead.try_once() is True
+    lost, stop, called = threading.Event(), threading.Event(), threading.Event()
+    keeper = threading.Thread(target=a.keep, args=(lost, stop, called.set))
+    keeper.start()
+    keeper.join(10)
+    assert lost.is_set() and called.is_set()  # the controller is stopped, the process exits
+    stop.set()
+
+
 # ------------------------------------------------------------ failover of real replicas
 
 
