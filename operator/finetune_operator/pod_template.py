@@ -9,9 +9,9 @@ command and the containers themselves are not fields here at all).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic.alias_generators import to_camel
 
 from finetune_operator import constants as c
@@ -22,6 +22,32 @@ OPERATOR_MOUNT_PATHS = (c.CONFIG_DIR, c.CHECKPOINT_DIR, c.DATA_DIR, "/dev/shm")
 RESERVED_LABEL_PREFIXES = (f"{c.GROUP}/", "app.kubernetes.io/")
 RESERVED_ANNOTATION_PREFIXES = (f"{c.GROUP}/",)
 MAX_ITEMS = 64
+
+
+def _open_object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> Any:
+    """A Kubernetes object passed through as is, declaring the fields CEL rules read (CEL
+    cannot see undeclared fields of a preserve-unknown-fields object)."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": True,
+    }
+    if required:
+        schema["required"] = list(required)
+    return WithJsonSchema(schema)
+
+
+Volume = Annotated[dict[str, Any], _open_object({"name": {"type": "string"}}, ("name",))]
+VolumeMount = Annotated[
+    dict[str, Any],
+    _open_object(
+        {"name": {"type": "string"}, "mountPath": {"type": "string"}}, ("name", "mountPath")
+    ),
+]
+SecurityContext = Annotated[
+    dict[str, Any],
+    _open_object({"runAsNonRoot": {"type": "boolean"}, "runAsUser": {"type": "integer"}}),
+]
 
 
 def _cel_list(items: tuple[str, ...]) -> str:
@@ -125,7 +151,7 @@ class PodTemplateSpec(_Model):
         description="Use the node's network namespace (e.g. for RDMA/InfiniBand). The "
         "rendezvous and progress ports then bind on the node.",
     )
-    security_context: dict[str, Any] | None = Field(
+    security_context: SecurityContext | None = Field(
         None,
         description="PodSecurityContext merged over the defaults (runAsNonRoot: true, "
         "seccompProfile RuntimeDefault); e.g. runAsUser/fsGroup where a policy needs them. "
@@ -135,14 +161,18 @@ class PodTemplateSpec(_Model):
                 {
                     "rule": "!has(self.runAsNonRoot) || self.runAsNonRoot == true",
                     "message": "workers always run as non-root: drop runAsNonRoot: false",
-                }
+                },
+                {
+                    "rule": "!has(self.runAsUser) || self.runAsUser != 0",
+                    "message": "runAsUser 0 is root; workers always run as non-root",
+                },
             ]
         },
     )
     topology_spread_constraints: list[dict[str, Any]] = Field(
         default_factory=list, max_length=MAX_ITEMS
     )
-    volumes: list[dict[str, Any]] = Field(
+    volumes: list[Volume] = Field(
         default_factory=list,
         max_length=MAX_ITEMS,
         json_schema_extra={
@@ -155,7 +185,7 @@ class PodTemplateSpec(_Model):
             ]
         },
     )
-    volume_mounts: list[dict[str, Any]] = Field(
+    volume_mounts: list[VolumeMount] = Field(
         default_factory=list,
         max_length=MAX_ITEMS,
         description="Mounts for the trainer container (of volumes listed here).",
