@@ -6,12 +6,30 @@ checked again by the models' validators, for clusters and paths without CEL.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-NO_USERINFO: Any = {
-    "rule": "!self.matches('^[^:/]+://[^/]*@')",
-    "message": "must not carry credentials (user:password@): use secretRef",
-}
+_USERINFO = "'^[^:/]+://[^/]*@'"
+
+
+def s3_rules(uri: re.Pattern[str]) -> list[dict[str, str]]:
+    """On the S3 source object, not its strings: the apiserver answers a refused string
+    with its value quoted, and these strings may hold credentials; for an object rule it
+    quotes nothing."""
+    pattern = uri.pattern.replace("\\", "\\\\")
+    return [
+        {
+            "rule": f"self.uri.matches('{pattern}')",
+            "message": "uri must be s3://bucket/prefix (or s3://bucket/key)",
+        },
+        {
+            "rule": f"!self.uri.matches({_USERINFO}) && "
+            f"(!has(self.endpoint) || !self.endpoint.matches({_USERINFO}))",
+            "message": "uri and endpoint must not carry credentials (user:password@): "
+            "use secretRef",
+        },
+    ]
+
 
 _SP = "self.runPolicy.schedulingPolicy"
 _HAS_SP = f"has(self.runPolicy) && has({_SP})"

@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from finetune_operator import constants as c
-from finetune_operator.cel_rules import NO_USERINFO, SPEC_RULES
+from finetune_operator.cel_rules import SPEC_RULES, s3_rules
 from finetune_operator.pod_template import PodTemplate
 from finetune_operator.redact import has_userinfo, redact
 from finetune_operator.scheduling import KUEUE_QUEUE_LABEL, SchedulingPolicy, kueue_queue
@@ -81,19 +81,18 @@ class SecretRef(_Model):
 class S3Source(_Model):
     """An S3 location fetched into the pod by an init container before training."""
 
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": s3_rules(_S3_URI)})
+
     uri: str = Field(
         description="s3://bucket/prefix (or s3://bucket/key for one object).",
         max_length=2048,
-        json_schema_extra={
-            "pattern": _S3_URI.pattern,
-            "x-kubernetes-validations": [NO_USERINFO],
-        },
+        # The format is checked by a rule on the object, not a `pattern` here: the
+        # apiserver quotes a refused string value back, credentials and all.
     )
     endpoint: str | None = Field(
         None,
         description="S3 endpoint URL for non-AWS stores (no credentials in it).",
         max_length=2048,
-        json_schema_extra={"x-kubernetes-validations": [NO_USERINFO]},
     )
     region: str | None = None
     secret_ref: SecretRef | None = None

@@ -87,3 +87,19 @@ def _create(cluster, path: str, group: dict) -> dict | None:
         if exc.status == 404:  # the CRD is not served yet
             return None
         raise
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"uri": "s3://AKIAABCDEFGHIJKLMNOP:hunter2@bucket/x"},
+        {"uri": "s3://bucket/x", "endpoint": "https://AKIAABCDEFGHIJKLMNOP:hunter2@minio"},
+    ],
+    ids=["uri", "endpoint"],
+)
+def test_admission_kube_refusal_never_quotes_credentials(cluster, kube_namespace, source):
+    with pytest.raises(kubeharness.ApiError) as refused:
+        post_job(cluster, kube_namespace, {"dataset": source})
+    text = str(refused.value) + str(refused.value.body)
+    assert "must not carry credentials" in text
+    assert "hunter2" not in text and "AKIAABCDEFGHIJKLMNOP" not in text
