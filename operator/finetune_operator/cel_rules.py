@@ -12,7 +12,7 @@ from typing import Any
 _USERINFO = "'^[^:/]+://[^/]*@'"
 
 
-def s3_rules(uri: re.Pattern[str]) -> list[dict[str, str]]:
+def s3_rules(uri: re.Pattern[str]) -> Any:
     """On the S3 source object, not its strings: the apiserver answers a refused string
     with its value quoted, and these strings may hold credentials; for an object rule it
     quotes nothing."""

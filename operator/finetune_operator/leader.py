@@ -23,6 +23,7 @@ from typing import Any, Literal
 log = logging.getLogger("finetune_operator.leader")
 
 Action = Literal["create", "take", "renew", "wait"]
+_LEASES = ("coordination.k8s.io", "v1", "leases")
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,10 @@ def lease_spec(
         "holderIdentity": identity,
         "leaseDurationSeconds": max(1, round(timing.duration)),
         "renewTime": micro_time(now),
-        "acquireTime": old.get("acquireTime") if action == "renew" else micro_time(now),
+        # The client hands back times in its own format: write them as MicroTime again.
+        "acquireTime": micro_time(_time(old.get("acquireTime")) or now)
+        if action == "renew"
+        else micro_time(now),
         "leaseTransitions": int(old.get("leaseTransitions") or 0) + (action == "take"),
     }
     return {k: v for k, v in spec.items() if v is not None}
@@ -91,7 +95,8 @@ class LeaseElector:
 
     def __init__(
         self,
-        api: Any,  # kubernetes.client.CoordinationV1Api
+        api: Any,  # kubernetes.client.CustomObjectsApi: plain dicts both ways (the typed
+        # CoordinationV1Api re-serialises MicroTimes without the microseconds the API needs)
         namespace: str,
         name: str,
         identity: str,
@@ -106,12 +111,14 @@ class LeaseElector:
         from kubernetes.client.rest import ApiException
 
         try:
-            lease = self.api.read_namespaced_lease(self.name, self.namespace)
+            lease = self.api.get_namespaced_custom_object(
+                *_LEASES[:2], self.namespace, _LEASES[2], self.name
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        return dict(self.api.api_client.sanitize_for_serialization(lease))
+        return dict(lease)
 
     def try_once(self) -> bool:
         """One attempt to become or stay the leader; True while we hold the Lease."""
@@ -130,7 +137,9 @@ class LeaseElector:
         }
         try:
             if lease is None:
-                self.api.create_namespaced_lease(self.namespace, body)
+                self.api.create_namespaced_custom_object(
+                    *_LEASES[:2], self.namespace, _LEASES[2], body
+                )
             else:
                 self._patch(lease, body["spec"])
         except ApiException as exc:
@@ -147,7 +156,9 @@ class LeaseElector:
         version = lease["metadata"]["resourceVersion"]
         removed = {key: None for key in (lease.get("spec") or {}) if key not in spec}
         patch = {"metadata": {"resourceVersion": version}, "spec": {**removed, **spec}}
-        self.api.patch_namespaced_lease(self.name, self.namespace, patch)
+        self.api.patch_namespaced_custom_object(
+            *_LEASES[:2], self.namespace, _LEASES[2], self.name, patch
+        )
 
     def acquire(self, stop: threading.Event) -> bool:
         """Block until we lead (True) or `stop` is set (False)."""

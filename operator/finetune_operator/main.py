@@ -171,7 +171,7 @@ def _lead_then_run(
     from finetune_operator.kube import load_configuration
     from finetune_operator.leader import LeaseElector, LeaseTiming, default_identity
 
-    api = kubernetes.client.CoordinationV1Api(kubernetes.client.ApiClient(load_configuration()))
+    api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(load_configuration()))
     elector = LeaseElector(
         api,
         args.leader_election_namespace,

@@ -1,22 +1,15 @@
-"""Leader election: the pure Lease decision, the elector against an API server, and the
-real operator processes failing over when the leader is killed mid-gang.
-
-Real: the `finetune-operator` processes (two replicas, `--leader-elect`), the kubernetes
-client's Lease calls. Emulated: the API server (kmock, tests/operator/op_harness.py) and
-the kubelet (pod phases), which cannot exist here.
-"""
+"""Leader election: the pure Lease decision, and the elector's Lease calls against the real
+apiserver (tests/kubeharness). The failover of two real operator replicas is in
+test_operator_kube_leader.py."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import kubernetes
 import pytest
-from op_cluster import cluster_fixture, kubelet_fixture  # noqa: F401  (shared fixtures)
-from op_harness import Cluster, Kubelet, Operator, free_port, wait_for
+from kubeharness.cluster import Cluster
 
 from finetune_operator.leader import LeaseElector, LeaseTiming, decide, lease_spec, micro_time
 
@@ -68,10 +61,10 @@ def test_leader_lease_spec_counts_transitions_and_keeps_acquire_time():
 # --------------------------------------------------------------- elector over the API
 
 
-def coordination(cluster: Cluster) -> kubernetes.client.CoordinationV1Api:
+def coordination(cluster: Cluster) -> kubernetes.client.CustomObjectsApi:
     config = kubernetes.client.Configuration()
     kubernetes.config.load_kube_config(str(cluster.kubeconfig), client_configuration=config)
-    return kubernetes.client.CoordinationV1Api(kubernetes.client.ApiClient(config))
+    return kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(config))
 
 
 class Clock:
@@ -82,11 +75,13 @@ class Clock:
         return self.now
 
 
-def test_leader_only_one_candidate_wins_and_a_standby_takes_over(cluster: Cluster):
+def test_leader_only_one_candidate_wins_and_a_standby_takes_over(
+    cluster: Cluster, kube_namespace: str
+):
     api, clock = coordination(cluster), Clock()
     timing = LeaseTiming.for_duration(15)
-    a = LeaseElector(api, "leases-1", "op", "a", timing, clock)
-    b = LeaseElector(api, "leases-1", "op", "b", timing, clock)
+    a = LeaseElector(api, kube_namespace, "op", "a", timing, clock)
+    b = LeaseElector(api, kube_namespace, "op", "b", timing, clock)
     assert a.try_once() is True
     assert b.try_once() is False
     clock.now += timedelta(seconds=10)
@@ -100,13 +95,13 @@ def test_leader_only_one_candidate_wins_and_a_standby_takes_over(cluster: Cluste
     assert a.try_once() is True  # released: no need to wait for the expiry
 
 
-def test_leader_concurrent_takeover_has_exactly_one_winner(cluster: Cluster):
+def test_leader_concurrent_takeover_has_exactly_one_winner(cluster: Cluster, kube_namespace: str):
     """Both read the same expired Lease; the resourceVersion precondition lets one write."""
     api, clock = coordination(cluster), Clock()
     timing = LeaseTiming.for_duration(15)
-    LeaseElector(api, "leases-2", "op", "old", timing, clock).try_once()
+    LeaseElector(api, kube_namespace, "op", "old", timing, clock).try_once()
     clock.now += timedelta(seconds=20)
-    candidates = [LeaseElector(api, "leases-2", "op", f"c{i}", timing, clock) for i in range(4)]
+    candidates = [LeaseElector(api, kube_namespace, "op", f"c{i}", timing, clock) for i in range(4)]
     barrier = threading.Barrier(len(candidates))
     results: list[bool] = []
 
@@ -122,14 +117,16 @@ def test_leader_concurrent_takeover_has_exactly_one_winner(cluster: Cluster):
     assert results.count(True) == 1, results
 
 
-def test_leader_that_cannot_renew_gives_up_before_its_lease_expires(cluster: Cluster):
+def test_leader_that_cannot_renew_gives_up_before_its_lease_expires(
+    cluster: Cluster, kube_namespace: str
+):
     api = coordination(cluster)
     timing = LeaseTiming(duration=1.0, renew_deadline=0.3, retry=0.05)
-    a = LeaseElector(api, "leases-3", "op", "a", timing)
+    a = LeaseElector(api, kube_namespace, "op", "a", timing)
     assert a.try_once() is True
     # Another replica took the Lease (seen from a clock far ahead, a's Lease had expired).
     ahead = LeaseElector(
-        api, "leases-3", "op", "b", timing, lambda: datetime.now(UTC) + timedelta(hours=1)
+        api, kube_namespace, "op", "b", timing, lambda: datetime.now(UTC) + timedelta(hours=1)
     )
     assert ahead.try_once() is True
     lost, stop, called = threading.Event(), threading.Event(), threading.Event()
@@ -138,59 +135,3 @@ def test_leader_that_cannot_renew_gives_up_before_its_lease_expires(cluster: Clu
     keeper.join(10)
     assert lost.is_set() and called.is_set()  # the controller is stopped, the process exits
     stop.set()
-
-
-# ------------------------------------------------------------ failover of real replicas
-
-
-@pytest.fixture()
-def replicas(cluster: Cluster, tmp_path: Path) -> Iterator[list[Operator]]:
-    ops = []
-    for i in range(2):
-        op = Operator(cluster, tmp_path / f"op{i}", progress_port=free_port(), resync_seconds=0.5)
-        op.workdir.mkdir()
-        op.log_path = op.workdir / "operator.log"
-        op.extra_args = [
-            "--leader-elect",
-            "--leader-election-namespace",
-            "leases-failover",
-            "--leader-lease-seconds",
-            "3",
-        ]
-        ops.append(op)
-    yield ops
-    for op in ops:
-        print(f"----- {op.workdir.name} log (tail) -----\n{op.logs()[-4000:]}")
-        op.stop()
-
-
-def leading(op: Operator) -> bool:
-    return "became the leader" in op.logs()
-
-
-def test_leader_killed_mid_gang_standby_finishes_it(
-    cluster: Cluster, kubelet: Kubelet, replicas: list[Operator]
-):
-    ns = "leader-failover"
-    first, second = replicas
-    first.start()
-    wait_for(lambda: leading(first), what="the first replica leads")
-    second.start()  # healthy as a standby
-    assert not leading(second)
-
-    cluster.create_job(ns, "gang", {"config": CONFIG, "nodes": 3})
-    pods = wait_for(lambda: len(p := cluster.pods(ns, 1)) == 3 and p, what="attempt 1")
-    kubelet.run(pods[0])  # mid-gang: one worker runs, two are still pending
-    first.kill()  # SIGKILL: no release, the standby waits for the Lease to expire
-
-    wait_for(lambda: leading(second), timeout=30, what="the standby takes over")
-    for p in pods[1:]:
-        kubelet.run(p)
-    wait_for(lambda: cluster.status(ns, "gang").get("phase") == "Running", what="Running")
-    assert all(count == 1 for count in cluster.creations("pods", ns).values())
-    assert sorted(p["metadata"]["name"] for p in cluster.pods(ns)) == [
-        "gang-a1-worker-0",
-        "gang-a1-worker-1",
-        "gang-a1-worker-2",
-    ]
-    assert cluster.status(ns, "gang")["attempt"] == 1  # the failover restarted nothing
