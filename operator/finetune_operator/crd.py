@@ -126,6 +126,8 @@ def status_schema() -> dict[str, Any]:
                     "since": _t("string", format="date-time"),
                     "retries": _t("integer", "Refused create attempts so far."),
                     "nextRetry": _t("string", format="date-time"),
+                    "problemSince": _t("string", format="date-time"),
+                    "reported": _t("boolean", "A Warning event was posted for this reason."),
                 },
                 "Why the workers cannot start yet (absent once they can); the job fails "
                 "after spec.runPolicy.startupTimeoutSeconds of it.",

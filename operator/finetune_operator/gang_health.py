@@ -102,8 +102,19 @@ def startup_blocked(
     if problem.reason == st.CREATE_REJECTED and retry_at is not None:
         record |= {"retries": retries, "nextRetry": s.rfc3339(retry_at)}
         blocked = cy.now < retry_at
-    if old.get("reason") != problem.reason:  # one event per new reason, not one per cycle
+    # One event per reason, not one per cycle; a pod problem only once it persisted
+    # (a claim still binding makes a pod Unschedulable for a moment).
+    reported = bool(old.get("reported")) and old.get("reason") == problem.reason
+    lasted = elapsed(s.parse_time(old.get("problemSince")) or cy.now, cy.now)
+    if old.get("reason") != problem.reason:
+        lasted = 0.0
+    record["problemSince"] = (
+        old.get("problemSince") if old.get("reason") == problem.reason else s.rfc3339(cy.now)
+    ) or s.rfc3339(cy.now)
+    if not reported and (problem.reason == st.CREATE_REJECTED or lasted >= st.EVENT_AFTER_SECONDS):
         cy.event("Warning", problem.reason, problem.message)
+        reported = True
+    record["reported"] = reported
     cy.status["startup"] = record
     cy.cond(PODS_READY, False, problem.reason, problem.message)
     if blocked:

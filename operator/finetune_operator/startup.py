@@ -25,6 +25,9 @@ STUCK_WAITING = (
     "CreateContainerConfigError",
     "CreateContainerError",
 )
+# A pod problem becomes a Warning event once it lasted this long (the condition shows it
+# at once); a refused create is reported at once.
+EVENT_AFTER_SECONDS = 30.0
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 300.0
 

@@ -56,7 +56,8 @@ def start_gang(cluster: Cluster, node: NodeAgent, ns: str, name: str, attempt: i
 
 
 def reasons(cluster: Cluster, ns: str) -> list[str]:
-    events = sorted(cluster.events(ns), key=lambda e: e["metadata"]["creationTimestamp"])
+    # resourceVersion orders writes; creationTimestamp has only second resolution.
+    events = sorted(cluster.events(ns), key=lambda e: int(e["metadata"]["resourceVersion"]))
     return [e["reason"] for e in events]
 
 

@@ -21,7 +21,7 @@ from op_fixtures import (
 )
 
 from finetune_operator.reconcile import Observed
-from finetune_operator.startup import Rejection, backoff_seconds
+from finetune_operator.startup import EVENT_AFTER_SECONDS, Rejection, backoff_seconds
 from finetune_runtime.errors import USER_ERROR_EXIT_CODES, ConfigError, DatasetError
 
 SECRET = "AKIAABCDEFGHIJKLMNOP"
@@ -148,9 +148,11 @@ def test_unschedulable_and_image_pull_problems_are_condition_reasons(reason):
     assert ready["status"] == "False" and ready["reason"] == reason
     assert "llama-a1-worker-1" in ready["message"]
     assert d.status["startup"]["reason"] == reason
+    assert d.events == []  # a moment's problem (e.g. a claim still binding) posts nothing
+    d = run(after(body, d), observed(body, pods), later(5 + EVENT_AFTER_SECONDS))
     assert [(e.type, e.reason) for e in d.events] == [("Warning", reason)]
     # The next cycles keep the condition but post no new event (aggregated).
-    d2 = run(after(body, d), observed(body, pods), later(30))
+    d2 = run(after(body, d), observed(body, pods), later(90))
     assert d2.events == [] and d2.status["startup"]["since"] == d.status["startup"]["since"]
 
 
