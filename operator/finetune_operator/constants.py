@@ -34,7 +34,9 @@ CACHE_DIR = f"{DATA_DIR}/cache"
 
 RENDEZVOUS_PORT = 29500
 TRAINER_CONTAINER = "trainer"
-RUN_AS_USER = 1000
+# The runtime image's numeric USER/GROUP (images/runtime/Dockerfile); pods never set
+# runAsUser, only (by default, see PodSettings.fs_group) this fsGroup.
+DEFAULT_FS_GROUP = 1000
 
 # Environment names the operator owns in worker pods; users may not override them.
 RESERVED_ENV = frozenset(

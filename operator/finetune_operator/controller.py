@@ -7,9 +7,10 @@ retried on the next cycle.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,14 +18,25 @@ from kubernetes.client.rest import ApiException
 
 from finetune_operator import manifests as m
 from finetune_operator import status as s
+from finetune_operator.failure_policy import LOG_BYTES, LOG_LINES, log_container
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import Metrics
 from finetune_operator.progress_client import fetch_progress
 from finetune_operator.reconcile import Decision, Observed, reconcile
+from finetune_operator.redact import redact
+from finetune_operator.scheduling import pod_group_manifest
+from finetune_operator.spec import RunPolicy
+from finetune_operator.startup import Rejection
 
 log = logging.getLogger("finetune_operator.controller")
 
-FAILURE_REASONS = ("InvalidSpec", "BackoffLimitExceeded", "DeadlineExceeded")
+FAILURE_REASONS = (
+    "InvalidSpec",
+    "BackoffLimitExceeded",
+    "DeadlineExceeded",
+    "PermanentFailure",
+    "StartupTimeout",
+)
 CONFLICT_RETRIES = 3
 
 
@@ -55,6 +67,8 @@ class Controller:
     metrics: Metrics
     settings: m.PodSettings
     progress_timeout: float = 2.0
+    # Creates the API server refused, per job, handed to the next cycle's reconcile.
+    rejections: dict[tuple[str, str], list[Rejection]] = field(default_factory=dict)
 
     def observe(self, job: dict[str, Any]) -> Observed:
         meta, spec = job.get("metadata") or {}, job.get("spec") or {}
@@ -77,7 +91,43 @@ class Controller:
             service=self.kube.get_child("Service", namespace, m.service_name(ref)),
             claim=self.kube.get_child("PersistentVolumeClaim", namespace, claim),
             progress=progress,
+            pod_group=self._pod_group(ref, spec),
+            rejections=self.rejections.pop((namespace, name), []),
+            logs=self._failed_logs(namespace, pods, status),
         )
+
+    def _pod_group(self, ref: m.JobRef, spec: Any) -> dict[str, Any] | None:
+        raw = spec.get("runPolicy") if isinstance(spec, dict) else None
+        try:
+            policy = RunPolicy.model_validate(raw or {}).scheduling_policy
+        except Exception:  # noqa: BLE001 - an invalid spec is reported by reconcile
+            return None
+        wanted = pod_group_manifest(ref.name, ref.namespace, 1, policy, {})
+        if wanted is None:
+            return None
+        return self.kube.get_custom(wanted["apiVersion"], "podgroups", ref.namespace, ref.name)
+
+    def _failed_logs(
+        self, namespace: str, pods: list[dict[str, Any]], status: dict[str, Any]
+    ) -> dict[str, str]:
+        """Last log lines of the current gang's failed pods (bounded; read only while the
+        job is active, so a finished job costs no log reads)."""
+        if status.get("phase") not in s.ACTIVE_PHASES:
+            return {}
+        attempt = int(status.get("attempt") or 0)
+        logs = {}
+        for pod in pods:
+            if s.pod_attempt(pod) == attempt and s.pod_phase(pod) == s.FAILED:
+                name = s.pod_name(pod)
+                try:
+                    text = self.kube.pod_log(
+                        namespace, name, log_container(pod), LOG_LINES, LOG_BYTES
+                    )
+                except Exception as exc:  # noqa: BLE001 - the log only adds detail
+                    log.warning("reading the log of pod %s/%s failed: %s", namespace, name, exc)
+                    continue
+                logs[name] = text
+        return logs
 
     def reconcile_once(self, namespace: str, name: str) -> bool:
         """Run one cycle; True when the job is gone (the caller stops looping).
@@ -92,15 +142,15 @@ class Controller:
                 if job is None:
                     return True
                 decision = reconcile(job, self.observe(job), datetime.now(UTC), self.settings)
-                try:
-                    gone = self.act(job, decision)
-                except StatusConflict:
-                    log.info("%s/%s changed while reconciling; deciding again", namespace, name)
-                    continue
+                # Metrics first: once the status patch is visible, the metrics agree with it
+                # (a conflicting cycle is decided again and overwrites them).
                 self.metrics.observe(
                     (namespace, name), decision.status.get("phase"), decision.status.get("progress")
                 )
-                return gone
+                try:
+                    return self.act(job, decision)
+                except StatusConflict:
+                    log.info("%s/%s changed while reconciling; deciding again", namespace, name)
             return False
         except Exception:
             self.metrics.reconcile_errors.inc()
@@ -126,15 +176,23 @@ class Controller:
         for ref in decision.delete:
             self.kube.delete(ref.kind, namespace, ref.name)
             log.info("deleted %s %s/%s", ref.kind, namespace, ref.name)
+        for ref in decision.force_delete:
+            self.kube.delete(ref.kind, namespace, ref.name, force=True)
+            log.warning("force-deleted %s %s/%s (grace period over)", ref.kind, namespace, ref.name)
+        refused = []
         for manifest in decision.create:
             kind, child = manifest["kind"], manifest["metadata"]["name"]
             try:
                 if self.kube.create(manifest):
                     log.info("created %s %s/%s", kind, namespace, child)
             except ApiException as exc:
-                reason = f"{exc.status} {exc.reason}"
-                log.warning("creating %s %s/%s failed: %s", kind, namespace, child, reason)
-                self._event(job, "Warning", "FailedCreate", f"{kind} {child}: {reason}", now)
+                # Reported through the next reconcile (condition, backoff, one event per
+                # reason), not as an event per refused create per cycle.
+                message = redact(_api_message(exc))
+                log.warning("creating %s %s/%s refused: %s", kind, namespace, child, message)
+                refused.append(Rejection(kind, child, int(exc.status or 0), message))
+        if refused:
+            self.rejections[(namespace, name)] = refused
         for manifest in decision.update:
             self.kube.update(manifest)
             log.info("updated %s %s/%s", manifest["kind"], namespace, manifest["metadata"]["name"])
@@ -149,6 +207,9 @@ class Controller:
             return True
         return False
 
+    def forget(self, namespace: str, name: str) -> None:
+        self.rejections.pop((namespace, name), None)
+
     def _event(
         self, job: dict[str, Any], type_: str, reason: str, message: str, now: datetime
     ) -> None:
@@ -156,3 +217,13 @@ class Controller:
             self.kube.post_event(job, type_, reason, message, now)
         except Exception as exc:  # noqa: BLE001 - events are best effort
             log.warning("posting event %s failed: %s", reason, exc)
+
+
+def _api_message(exc: ApiException) -> str:
+    """The API server's own explanation (Status.message), else the HTTP reason."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or exc.reason or "refused")

@@ -119,6 +119,19 @@ def status_schema() -> dict[str, Any]:
                 "Workers of the current attempt.",
             ),
             "progress": progress,
+            "startup": _obj(
+                {
+                    "reason": _t("string", "CreateRejected, Unschedulable, ErrImagePull, ..."),
+                    "message": _t("string"),
+                    "since": _t("string", format="date-time"),
+                    "retries": _t("integer", "Refused create attempts so far."),
+                    "nextRetry": _t("string", format="date-time"),
+                    "problemSince": _t("string", format="date-time"),
+                    "reported": _t("boolean", "A Warning event was posted for this reason."),
+                },
+                "Why the workers cannot start yet (absent once they can); the job fails "
+                "after spec.runPolicy.startupTimeoutSeconds of it.",
+            ),
             "outputs": _obj(
                 {
                     "adapter": _t("string", "The trained adapter (s3:// prefix)."),
@@ -146,6 +159,25 @@ def printer_columns() -> list[dict[str, Any]]:
         {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "priority": 1},
         {"name": "Nodes", "type": "integer", "jsonPath": ".spec.nodes", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
+def name_rules() -> list[dict[str, str]]:
+    """metadata.name names the headless Service and prefixes the worker hostnames."""
+    hostname_room = c.MAX_LABEL - len("-worker-")
+    return [
+        {
+            "rule": "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+            "message": "metadata.name must be a DNS label (lowercase letters, digits, '-', "
+            "starting with a letter): it names the job's headless Service",
+        },
+        {
+            "rule": "size(self.metadata.name) + "
+            "size(string((has(self.spec.nodes) ? self.spec.nodes : 1) - 1)) "
+            f"<= {hostname_room}",
+            "message": "metadata.name is too long: worker hostnames <name>-worker-<rank> must "
+            f"fit in {c.MAX_LABEL} characters",
+        },
     ]
 
 
@@ -181,6 +213,7 @@ def crd() -> dict[str, Any]:
                             "description": "A fine-tuning run of an LLM on a gang of pods.",
                             "type": "object",
                             "required": ["spec"],
+                            "x-kubernetes-validations": name_rules(),
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

@@ -1,14 +1,24 @@
-"""The kopf shell: one daemon per FineTuneJob runs reconcile cycles; watches wake it.
+"""The kopf shell: one asyncio loop per FineTuneJob runs reconcile cycles; watches wake it.
 
-Each job's daemon loops `Controller.reconcile_once` every `resync` seconds and
-immediately when one of its pods changes or its spec changes (so pod phase
-transitions are acted on at once). One loop per job means cycles of a job never
-overlap. The blocking Kubernetes client runs in a thread pool.
+Each job's loop runs `Controller.reconcile_once` every `resync` seconds and immediately
+when one of its pods changes or its spec changes (so pod phase transitions are acted on
+at once). One loop per job means cycles of a job never overlap. The blocking Kubernetes
+client runs in a thread pool.
+
+The loops are plain tasks started from the job watch, not kopf daemons: a kopf daemon
+needs a finalizer on every job, and a finalizer nobody removes (operator uninstalled,
+then the CRD deleted) hangs the deletion forever. Children need no finalizer either:
+they are owner-referenced and garbage-collected with the job. kopf removes the
+finalizer that older versions added, since no handler requires it any more.
+
+The pod watch filters on the server (`settings.watching.label_selectors`): only the
+operator's worker pods are streamed, not every pod of the cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,6 +46,7 @@ class OperatorConfig:
     resync_seconds: float = 5.0
     progress_timeout: float = 2.0
     workers: int = 8
+    worker_fs_group: int | None = c.DEFAULT_FS_GROUP
 
 
 @dataclass
@@ -49,6 +60,8 @@ class State:
     executor: ThreadPoolExecutor | None = None
     wakers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     spec_digests: dict[tuple[str, str], str] = field(default_factory=dict)
+    loops: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
+    stopping: set[tuple[str, str]] = field(default_factory=set)
 
     def wake(self, namespace: str, name: str) -> None:
         event = self.wakers.get((namespace, name))
@@ -67,12 +80,14 @@ def _state(memo: Any) -> State:
 async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     state = _state(memo)
     settings.posting.enabled = False  # the reconciler posts its own, curated events
+    # No handler needs a finalizer; naming the one older versions added lets kopf remove it.
     settings.persistence.finalizer = f"{c.GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=c.GROUP, key="last-handled-configuration"
     )
     settings.watching.reconnect_backoff = 1.0
+    settings.watching.label_selectors["", "v1", "pods"] = POD_SELECTOR
     settings.networking.request_timeout = 30.0
     state.executor = ThreadPoolExecutor(
         max_workers=state.config.workers, thread_name_prefix="reconcile"
@@ -81,7 +96,9 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     state.controller = Controller(
         kube=kube,
         metrics=state.metrics,
-        settings=PodSettings(state.config.default_image, state.config.progress_port),
+        settings=PodSettings(
+            state.config.default_image, state.config.progress_port, state.config.worker_fs_group
+        ),
         progress_timeout=state.config.progress_timeout,
     )
     if state.config.metrics_port:
@@ -96,65 +113,81 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
     state = _state(memo)
+    loops = list(state.loops.values())
+    for task in loops:
+        task.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
     if state.executor is not None:
         state.executor.shutdown(wait=False, cancel_futures=True)
 
 
-async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
-    """Until the resync period ends, the job is woken, or the daemon is asked to stop."""
-
-    async def until_stopped() -> None:
-        await stopped.wait()
-
-    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(until_stopped())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+async def _sleep(wake: asyncio.Event, seconds: float) -> None:
+    """Until the resync period ends or the job is woken (a change, or a stop request)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), timeout=seconds)
 
 
-# On stop the loop exits by itself (after the cycle in flight); kopf re-checks after the
-# backoff, so it is short: it delays the release of a deleted job's finalizer.
-@kopf.daemon(c.GROUP, c.VERSION, c.PLURAL, cancellation_backoff=1.0, cancellation_timeout=10.0)
-async def job_loop(
-    namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: Any, **_: Any
-) -> None:
-    """Reconcile one job until it is deleted or the operator stops."""
-    assert namespace is not None  # FineTuneJobs are namespaced
-    state = _state(memo)
+async def job_loop(state: State, namespace: str, name: str) -> None:
+    """Reconcile one job until it is gone (deleted) or the operator stops."""
     key = (namespace, name)
     wake = state.wakers.setdefault(key, asyncio.Event())
     loop = asyncio.get_running_loop()
     assert state.controller is not None
+    reason = "gone"
     try:
-        while not stopped:
+        while key not in state.stopping:
             wake.clear()
             gone = await loop.run_in_executor(
                 state.executor, state.controller.reconcile_once, namespace, name
             )
             if gone:
                 break
-            await _sleep(wake, stopped, state.config.resync_seconds)
+            await _sleep(wake, state.config.resync_seconds)
+    except asyncio.CancelledError:
+        reason = "operator stopping"
+        raise
     finally:
-        log.info("stopped reconciling %s/%s (%s)", namespace, name, stopped.reason or "gone")
+        log.info("stopped reconciling %s/%s (%s)", namespace, name, reason)
         state.wakers.pop(key, None)
         state.spec_digests.pop(key, None)
+        state.loops.pop(key, None)
+        state.stopping.discard(key)
         state.metrics.forget(key)
+        state.controller.forget(namespace, name)
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
 async def job_changed(
-    namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, memo: Any, **_: Any
+    namespace: str | None,
+    name: str,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    memo: Any,
+    type: str | None = None,  # noqa: A002 - kopf's name for the watch event type
+    **_: Any,
 ) -> None:
-    """Wake the job's loop when its spec (or deletion) changed, not on our status writes."""
+    """Start the job's loop on first sight; wake it when its spec (or deletion) changed,
+    not on our status writes; stop it when the job is gone."""
     assert namespace is not None  # FineTuneJobs are namespaced
     state = _state(memo)
+    key = (namespace, name)
+    if type == "DELETED":
+        if key in state.loops:
+            state.stopping.add(key)
+            state.wake(namespace, name)
+        return
+    state.stopping.discard(key)  # deleted and created again: the running loop carries on
+    if key not in state.loops:
+        state.loops[key] = asyncio.create_task(job_loop(state, namespace, name))
     payload = json.dumps([dict(spec), meta.get("deletionTimestamp")], sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()
-    if state.spec_digests.get((namespace, name)) != digest:
-        state.spec_digests[(namespace, name)] = digest
+    if state.spec_digests.get(key) != digest:
+        state.spec_digests[key] = digest
         state.wake(namespace, name)
+
+
+# Server-side: the watch only streams the operator's worker pods (see startup()).
+POD_SELECTOR = f"{c.LABEL_MANAGED_BY}={c.MANAGER},{c.LABEL_JOB}"
 
 
 @kopf.on.event("", "v1", "pods", labels={c.LABEL_MANAGED_BY: c.MANAGER, c.LABEL_JOB: kopf.PRESENT})

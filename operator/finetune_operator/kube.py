@@ -23,6 +23,8 @@ from finetune_operator.manifests import event
 log = logging.getLogger("finetune_operator.kube")
 
 Json = dict[str, Any]
+# Children served by CRDs (the gang schedulers' PodGroups): kind -> plural.
+CUSTOM_PLURALS = {"PodGroup": "podgroups"}
 
 
 def load_configuration() -> kubernetes.client.Configuration:
@@ -135,16 +137,51 @@ class Kube:
     def get_child(self, kind: str, namespace: str, name: str) -> Json | None:
         return self._optional(self._verbs(kind)[0], name, namespace)
 
+    def get_custom(self, api_version: str, plural: str, namespace: str, name: str) -> Json | None:
+        """A namespaced custom object (e.g. a PodGroup); None if absent or its CRD is."""
+        group, version = api_version.split("/", 1)
+        return self._optional(
+            self.custom.get_namespaced_custom_object, group, version, namespace, plural, name
+        )
+
     def create(self, manifest: Json) -> bool:
         """Create a child; False when it already existed (409)."""
         kind, meta = manifest["kind"], manifest["metadata"]
         try:
-            self._json(self._verbs(kind)[1], meta["namespace"], manifest)
+            if kind in CUSTOM_PLURALS:
+                group, version = manifest["apiVersion"].split("/", 1)
+                self._json(
+                    self.custom.create_namespaced_custom_object,
+                    group,
+                    version,
+                    meta["namespace"],
+                    CUSTOM_PLURALS[kind],
+                    manifest,
+                )
+            else:
+                self._json(self._verbs(kind)[1], meta["namespace"], manifest)
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
         return True
+
+    def pod_log(self, namespace: str, name: str, container: str, lines: int, limit: int) -> str:
+        """The last `lines` lines of a container's log, at most `limit` bytes ('' if none)."""
+        try:
+            response: Any = self.core.read_namespaced_pod_log(
+                name,
+                namespace,
+                container=container,
+                tail_lines=lines,
+                limit_bytes=limit,
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status in (400, 404):  # never started, or already gone
+                return ""
+            raise
+        return bytes(response.data or b"").decode("utf-8", errors="replace")
 
     def update(self, manifest: Json) -> None:
         """Merge the manifest's data/spec into an existing child (ConfigMap refresh)."""
@@ -152,9 +189,13 @@ class Kube:
         patch = {key: value for key, value in manifest.items() if key in ("data", "spec")}
         self._json(self._verbs(kind)[2], meta["name"], meta["namespace"], patch)
 
-    def delete(self, kind: str, namespace: str, name: str) -> None:
+    def delete(self, kind: str, namespace: str, name: str, force: bool = False) -> None:
+        """Delete a child; `force` skips what is left of its grace period (gracePeriodSeconds=0)."""
+        extra: dict[str, Any] = {"grace_period_seconds": 0} if force else {}
         try:
-            self._json(self._verbs(kind)[3], name, namespace, propagation_policy="Background")
+            self._json(
+                self._verbs(kind)[3], name, namespace, propagation_policy="Background", **extra
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise

@@ -14,6 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from finetune_operator import constants as c
+from finetune_operator import scheduling as g
+from finetune_operator.pod_template import apply_pod_template
 from finetune_operator.spec import DEFAULT_STORAGE_SIZE, FineTuneJobSpec, S3Source
 
 
@@ -37,6 +39,9 @@ class PodSettings:
 
     default_image: str
     progress_port: int
+    # The workers' default fsGroup, so a non-root trainer can write the checkpoint volume;
+    # None leaves it to the platform (OpenShift's restricted SCC assigns one per namespace).
+    fs_group: int | None = c.DEFAULT_FS_GROUP
 
 
 # ------------------------------------------------------------------------------------ names
@@ -262,6 +267,25 @@ def spec_hash(spec: FineTuneJobSpec, config_yaml: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def pod_group(job: JobRef, spec: FineTuneJobSpec) -> dict[str, Any] | None:
+    """The gang scheduler's PodGroup (coscheduling or volcano), None for the default one."""
+    return g.pod_group_manifest(
+        job.name,
+        job.namespace,
+        spec.nodes,
+        spec.run_policy.scheduling_policy,
+        _metadata(job, g.pod_group_name(job.name), "gang"),
+    )
+
+
+def _pod_security(settings: PodSettings) -> dict[str, Any]:
+    """Locked down without naming a UID: the image's numeric USER runs (runAsNonRoot)."""
+    out: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    if settings.fs_group is not None:
+        out["fsGroup"] = settings.fs_group
+    return out
+
+
 def worker_pod(
     job: JobRef,
     spec: FineTuneJobSpec,
@@ -269,13 +293,24 @@ def worker_pod(
     rank: int,
     settings: PodSettings,
     digest: str | None = None,
+    queue: str | None = None,
 ) -> dict[str, Any]:
-    """One worker of gang `attempt`: init containers fetch data, then `finetune launch`."""
+    """One worker of gang `attempt`: init containers fetch data, then `finetune launch`.
+
+    `queue` is the job's Kueue LocalQueue (its kueue.x-k8s.io/queue-name label).
+    """
     image = spec.image or settings.default_image
     metadata = _metadata(job, pod_name(job, attempt, rank), "worker")
     metadata["labels"] |= {c.LABEL_ATTEMPT: str(attempt), c.LABEL_RANK: str(rank)}
+    gang_labels, gang_annotations = g.gang_pod_metadata(
+        job.name, attempt, spec.nodes, spec.run_policy.scheduling_policy, queue
+    )
+    metadata["labels"] |= gang_labels
+    annotations = dict(gang_annotations)
     if digest is not None:
-        metadata["annotations"] = {c.ANNOTATION_SPEC_HASH: digest}
+        annotations[c.ANNOTATION_SPEC_HASH] = digest
+    if annotations:
+        metadata["annotations"] = annotations
 
     trainer: dict[str, Any] = {
         "name": c.TRAINER_CONTAINER,
@@ -316,13 +351,7 @@ def worker_pod(
         "hostname": hostname(job, rank),
         "subdomain": service_name(job),
         "automountServiceAccountToken": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": c.RUN_AS_USER,
-            "runAsGroup": c.RUN_AS_USER,
-            "fsGroup": c.RUN_AS_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _pod_security(settings),
         "containers": [trainer],
         "volumes": [
             {
@@ -343,13 +372,14 @@ def worker_pod(
         "nodeSelector": spec.node_selector or None,
         "tolerations": spec.tolerations or None,
         "affinity": spec.affinity,
-        "priorityClassName": spec.priority_class_name,
-        "schedulerName": spec.scheduler_name,
+        "priorityClassName": spec.priority_class,
+        "schedulerName": g.scheduler_name(spec.run_policy.scheduling_policy, spec.scheduler_name),
         "serviceAccountName": spec.service_account_name,
         "imagePullSecrets": [s.model_dump() for s in spec.image_pull_secrets] or None,
     }
     pod_spec |= {key: value for key, value in optional.items() if value is not None}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+    return apply_pod_template(pod, spec.pod_template)
 
 
 def event(

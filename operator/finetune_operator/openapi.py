@@ -43,6 +43,8 @@ KEPT = {
     "nullable",
     "x-kubernetes-preserve-unknown-fields",
     "x-kubernetes-int-or-string",
+    "x-kubernetes-validations",
+    "maxProperties",
 }
 
 

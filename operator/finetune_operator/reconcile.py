@@ -8,101 +8,48 @@ observations yields the same decision, so an operator restart never duplicates p
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from finetune_operator import gang_health as gh
 from finetune_operator import manifests as m
+from finetune_operator import scheduling as g
 from finetune_operator import status as s
+from finetune_operator.cycle import (
+    INVALID_SPEC,
+    PERMANENT_FAILURE,
+    PODS_READY,
+    TERMINAL,
+    ChildRef,
+    Cycle,
+    Decision,
+    Event,
+    Observed,
+    clean_pods,
+    complete,
+    elapsed,
+    fail,
+)
 from finetune_operator.effective import effective_config_yaml
 from finetune_operator.spec import FineTuneJobSpec, RunPolicy, SpecError, validate_job
 
-INVALID_SPEC = "InvalidSpec"
-TERMINAL = (s.SUCCEEDED, s.FAILED)
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What exists now: children owned by the job, and rank 0's progress if polled."""
-
-    pods: list[dict[str, Any]] = field(default_factory=list)
-    config_map: dict[str, Any] | None = None
-    service: dict[str, Any] | None = None
-    claim: dict[str, Any] | None = None  # the checkpoint PVC (ours or spec.storage.existingClaim)
-    progress: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class ChildRef:
-    kind: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass
-class Decision:
-    status: dict[str, Any]
-    create: list[dict[str, Any]] = field(default_factory=list)
-    update: list[dict[str, Any]] = field(default_factory=list)
-    delete: list[ChildRef] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    delete_job: bool = False
-
-
-class _Cycle:
-    """Mutable scratch state for one reconcile pass."""
-
-    def __init__(self, job: dict[str, Any], observed: Observed, now: datetime) -> None:
-        self.job = job
-        self.ref = m.JobRef.from_body(job)
-        self.observed = observed
-        self.now = now
-        self.old = copy.deepcopy(job.get("status") or {})
-        self.status: dict[str, Any] = copy.deepcopy(self.old)
-        self.decision = Decision(status=self.status)
-        self.conditions: list[dict[str, Any]] = list(self.status.get("conditions") or [])
-        self.digest: str | None = None  # spec hash of the gang the spec asks for
-        self.outputs: dict[str, str] | None = None  # status.outputs once it succeeds
-
-    # -- small helpers
-    @property
-    def phase(self) -> str | None:
-        return self.status.get("phase")
-
-    def cond(self, type_: str, on: bool, reason: str, message: str) -> None:
-        self.conditions = s.set_condition(self.conditions, type_, on, reason, message, self.now)
-
-    def uncond(self, type_: str, reason: str, message: str) -> None:
-        self.conditions = s.clear_condition(self.conditions, type_, reason, message, self.now)
-
-    def event(self, type_: str, reason: str, message: str) -> None:
-        self.decision.events.append(Event(type_, reason, message))
-
-    def delete_pod(self, pod: dict[str, Any]) -> None:
-        ref = ChildRef("Pod", s.pod_name(pod))
-        if not s.terminating(pod) and ref not in self.decision.delete:
-            self.decision.delete.append(ref)
-
-    def finish(self) -> Decision:
-        phase = self.phase
-        if phase in s.PHASES:
-            self.conditions = s.kstatus_conditions(self.conditions, phase, self.now)
-        self.status["conditions"] = self.conditions
-        return self.decision
+__all__ = [
+    "INVALID_SPEC",
+    "PERMANENT_FAILURE",
+    "TERMINAL",
+    "ChildRef",
+    "Decision",
+    "Event",
+    "Observed",
+    "reconcile",
+]
 
 
 def reconcile(
     job: dict[str, Any], observed: Observed, now: datetime, settings: m.PodSettings
 ) -> Decision:
     """Decide what to do about one FineTuneJob. Pure: same inputs, same decision."""
-    cy = _Cycle(job, observed, now)
+    cy = Cycle(job, observed, now)
     meta = job.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return Decision(status=cy.old)  # garbage collection removes the children
@@ -123,7 +70,7 @@ def reconcile(
         source = f"FineTuneJob {cy.ref.namespace}/{cy.ref.name} spec.config"
         config_yaml = effective_config_yaml(valid.config, valid.spec, source)
     except SpecError as exc:
-        _fail(cy, INVALID_SPEC, str(exc), _run_policy(job))
+        fail(cy, INVALID_SPEC, str(exc), _run_policy(job))
         return cy.finish()
     cy.outputs = s.outputs_status(valid.spec.output, valid.config.adapter)
     if retry_invalid:  # the user fixed the spec: start over with a fresh gang
@@ -147,12 +94,12 @@ def _run_policy(job: dict[str, Any]) -> RunPolicy:
 # ------------------------------------------------------------------------------- terminal
 
 
-def _finished(cy: _Cycle, policy: RunPolicy) -> None:
+def _finished(cy: Cycle, policy: RunPolicy) -> None:
     """A finished job: apply cleanPodPolicy (idempotently) and the TTL."""
-    _clean_pods(cy, policy)
+    clean_pods(cy, policy)
     if policy.ttl_seconds_after_finished is not None:
         done = s.parse_time(cy.status.get("completionTime"))
-        if done is not None and _elapsed(done, cy.now) >= policy.ttl_seconds_after_finished:
+        if done is not None and elapsed(done, cy.now) >= policy.ttl_seconds_after_finished:
             cy.decision.delete_job = True
             cy.event(
                 "Normal",
@@ -161,44 +108,10 @@ def _finished(cy: _Cycle, policy: RunPolicy) -> None:
             )
 
 
-def _elapsed(since: datetime, now: datetime) -> float:
-    """Seconds from `since` to `now`. Compared with the policy's seconds rather than adding
-    them to a datetime: a huge (valid int64) deadline would overflow datetime's range."""
-    return (now - since).total_seconds()
-
-
-def _clean_pods(cy: _Cycle, policy: RunPolicy) -> None:
-    for pod in cy.observed.pods:
-        if policy.clean_pod_policy == "All" or (
-            policy.clean_pod_policy == "Running" and s.pod_phase(pod) not in TERMINAL
-        ):
-            cy.delete_pod(pod)
-
-
-def _complete(cy: _Cycle, phase: str, reason: str, message: str, policy: RunPolicy) -> None:
-    cy.status["phase"] = phase
-    cy.status["completionTime"] = s.rfc3339(cy.now)
-    cy.cond(phase, True, reason, message)
-    cy.uncond(s.RUNNING, reason, "The job has finished.")
-    cy.uncond(s.RESTARTING, reason, "The job has finished.")
-    _clean_pods(cy, policy)
-
-
-def _fail(cy: _Cycle, reason: str, message: str, policy: RunPolicy) -> None:
-    already = cy.phase == s.FAILED and (
-        (s.get_condition(cy.conditions, s.FAILED) or {}).get("message") == message
-    )
-    _complete(cy, s.FAILED, reason, message, policy)
-    if already:
-        cy.status["completionTime"] = cy.old.get("completionTime", cy.status["completionTime"])
-    else:
-        cy.event("Warning", reason, message)
-
-
 # --------------------------------------------------------------------------------- active
 
 
-def _ensure_children(cy: _Cycle, spec: FineTuneJobSpec, config_yaml: str, port: int) -> bool:
+def _ensure_children(cy: Cycle, spec: FineTuneJobSpec, config_yaml: str, port: int) -> bool:
     """Create/refresh ConfigMap, Service and PVC; False if the workers cannot start yet."""
     obs, ref = cy.observed, cy.ref
     wanted = m.config_map(ref, config_yaml)
@@ -208,6 +121,9 @@ def _ensure_children(cy: _Cycle, spec: FineTuneJobSpec, config_yaml: str, port: 
         cy.decision.update.append(wanted)
     if obs.service is None:
         cy.decision.create.append(m.service(ref, port))
+    group = m.pod_group(ref, spec)
+    if group is not None and obs.pod_group is None:
+        cy.decision.create.append(group)
     if spec.storage.existing_claim is None:
         if obs.claim is None:
             cy.decision.create.append(m.pvc(ref, spec))
@@ -229,22 +145,30 @@ def _ensure_children(cy: _Cycle, spec: FineTuneJobSpec, config_yaml: str, port: 
 
 
 def _create_workers(
-    cy: _Cycle, spec: FineTuneJobSpec, attempt: int, ranks: list[int], settings: m.PodSettings
+    cy: Cycle, spec: FineTuneJobSpec, attempt: int, ranks: list[int], settings: m.PodSettings
 ) -> None:
     existing = {s.pod_name(p) for p in cy.observed.pods}
+    queue = g.kueue_queue((cy.job.get("metadata") or {}).get("labels"))
     for rank in ranks:
-        pod = m.worker_pod(cy.ref, spec, attempt, rank, settings, cy.digest)
+        pod = m.worker_pod(cy.ref, spec, attempt, rank, settings, cy.digest, queue)
         if pod["metadata"]["name"] not in existing:
             cy.decision.create.append(pod)
 
 
-def _new_gang(cy: _Cycle, spec: FineTuneJobSpec, attempt: int, settings: m.PodSettings) -> None:
+def _new_gang(cy: Cycle, spec: FineTuneJobSpec, attempt: int, settings: m.PodSettings) -> int:
+    """Start gang `attempt`: now if no pod of an older gang is left, else once they are gone
+    (the same hostnames, the same checkpoint directory). Returns the pods created."""
     cy.status["attempt"] = attempt
+    cy.status.pop("startup", None)  # a new gang starts with a clean slate
+    if cy.observed.pods:
+        gh.wait_for_old_gang(cy, len(cy.observed.pods))
+        return 0
     _create_workers(cy, spec, attempt, list(range(spec.nodes)), settings)
+    return spec.nodes
 
 
 def _active(
-    cy: _Cycle,
+    cy: Cycle,
     spec: FineTuneJobSpec,
     config_yaml: str,
     settings: m.PodSettings,
@@ -260,10 +184,11 @@ def _active(
         [int(cy.status.get("attempt") or 0)] + [s.pod_attempt(p) for p in cy.observed.pods]
     )
     cy.status["attempt"] = attempt
-    for pod in cy.observed.pods:  # leftovers of replaced gangs
-        if s.pod_attempt(pod) != attempt:
-            cy.delete_pod(pod)
+    stale = [p for p in cy.observed.pods if s.pod_attempt(p) != attempt]
+    for pod in stale:  # leftovers of replaced gangs
+        cy.retire_pod(pod)
     current = [p for p in cy.observed.pods if s.pod_attempt(p) == attempt and not s.terminating(p)]
+    gh.admission(cy, current)
 
     if policy.suspend:
         for pod in current:
@@ -281,17 +206,21 @@ def _active(
     if cy.phase == s.SUSPENDED or attempt == 0 or fresh:
         resumed = cy.phase == s.SUSPENDED
         attempt += 1
-        _new_gang(cy, spec, attempt, settings)
+        made = _new_gang(cy, spec, attempt, settings)
         cy.status["phase"] = s.CREATED
         cy.status["startTime"] = s.rfc3339(cy.now)
-        message = f"Created {spec.nodes} worker pod(s) for attempt {attempt}."
+        message = (
+            f"Created {spec.nodes} worker pod(s) for attempt {attempt}."
+            if made
+            else f"Attempt {attempt} starts once the previous gang's pods are gone."
+        )
         cy.cond(s.CREATED, True, "GangCreated", message)
         if resumed:
             cy.cond(s.SUSPENDED, False, "Resumed", "spec.runPolicy.suspend is false.")
             cy.event("Normal", "Resumed", f"Job resumed: {message}")
         else:
             cy.event("Normal", s.CREATED, message)
-        _workers(cy, [], created=spec.nodes)
+        _workers(cy, [], created=made)
         return
 
     started = s.parse_time(cy.status.get("startTime"))
@@ -299,10 +228,10 @@ def _active(
         cy.status["startTime"] = s.rfc3339(cy.now)
     elif (
         policy.active_deadline_seconds is not None
-        and _elapsed(started, cy.now) >= policy.active_deadline_seconds
+        and elapsed(started, cy.now) >= policy.active_deadline_seconds
     ):
         _workers(cy, current)
-        _fail(
+        fail(
             cy,
             "DeadlineExceeded",
             f"The job ran longer than spec.runPolicy.activeDeadlineSeconds "
@@ -329,8 +258,7 @@ def _active(
         cy.cond(s.CREATED, True, "SpecChanged", message)
         cy.uncond(s.RUNNING, "SpecChanged", "The gang is being replaced.")
         cy.event("Normal", "SpecChanged", message)
-        _new_gang(cy, spec, attempt, settings)
-        _workers(cy, [], created=spec.nodes)
+        _workers(cy, [], created=_new_gang(cy, spec, attempt, settings))
         return
 
     failed = [p for p in current if s.pod_phase(p) == s.FAILED]
@@ -347,8 +275,10 @@ def _active(
             why = f"worker(s) {', '.join(map(str, missing))} of attempt {attempt} disappeared"
         restarts = int(cy.status.get("restarts") or 0)
         _workers(cy, current)
+        if gh.permanent(cy, policy, failed, why if lost else None):
+            return
         if restarts >= policy.backoff_limit:
-            _fail(
+            fail(
                 cy,
                 "BackoffLimitExceeded",
                 f"{why}. The gang was restarted {restarts} time(s); "
@@ -369,13 +299,12 @@ def _active(
         cy.cond(s.RESTARTING, True, "WorkerFailed", message)
         cy.uncond(s.RUNNING, "WorkerFailed", "A worker failed; the gang is being replaced.")
         cy.event("Warning", s.RESTARTING, message)
-        _new_gang(cy, spec, attempt, settings)
-        _workers(cy, [], created=spec.nodes)
+        _workers(cy, [], created=_new_gang(cy, spec, attempt, settings))
         return
 
     if len(succeeded) == spec.nodes:
         _workers(cy, current)
-        _complete(
+        complete(
             cy, s.SUCCEEDED, "AllWorkersSucceeded", f"All {spec.nodes} worker(s) succeeded.", policy
         )
         if cy.outputs is not None:  # rank 0 exits 0 only after its uploads succeeded
@@ -387,7 +316,12 @@ def _active(
         cy.event("Normal", s.SUCCEEDED, f"Training finished: all {spec.nodes} worker(s) succeeded.")
         return
 
-    if missing:  # the gang is still forming: (re)create absent workers
+    if gh.startup_blocked(cy, spec, current, missing):
+        return
+    if missing and stale:  # a replacement gang: wait until the old one is gone
+        gh.wait_for_old_gang(cy, len(stale))
+        missing = []
+    elif missing:  # the gang is still forming: (re)create absent workers
         _create_workers(cy, spec, attempt, missing, settings)
     if missing == [] and len(running) + len(succeeded) == spec.nodes and running:
         if cy.phase != s.RUNNING:
@@ -395,13 +329,14 @@ def _active(
         cy.status["phase"] = s.RUNNING
         message = f"All {spec.nodes} worker(s) of attempt {attempt} are running."
         cy.cond(s.RUNNING, True, "AllWorkersRunning", message)
+        cy.cond(PODS_READY, True, "AllWorkersRunning", message)
         cy.uncond(s.RESTARTING, "AllWorkersRunning", message)
     elif cy.phase not in (s.CREATED, s.RESTARTING, s.RUNNING):
         cy.status["phase"] = s.CREATED
     _workers(cy, current, created=len(missing))
 
 
-def _workers(cy: _Cycle, pods: list[dict[str, Any]], created: int = 0) -> None:
+def _workers(cy: Cycle, pods: list[dict[str, Any]], created: int = 0) -> None:
     phases = [s.pod_phase(p) for p in pods]
     cy.status["workers"] = {
         "active": sum(1 for p in phases if p not in TERMINAL) + created,
@@ -410,7 +345,7 @@ def _workers(cy: _Cycle, pods: list[dict[str, Any]], created: int = 0) -> None:
     }
 
 
-def _progress(cy: _Cycle) -> None:
+def _progress(cy: Cycle) -> None:
     if cy.observed.progress is None:
         return
     progress = s.progress_status(cy.observed.progress)

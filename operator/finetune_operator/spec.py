@@ -25,6 +25,10 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from finetune_operator import constants as c
+from finetune_operator.cel_rules import SPEC_RULES, s3_rules
+from finetune_operator.pod_template import PodTemplate
+from finetune_operator.redact import has_userinfo, redact
+from finetune_operator.scheduling import KUEUE_QUEUE_LABEL, SchedulingPolicy, kueue_queue
 
 _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -34,6 +38,7 @@ _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
 DEFAULT_STORAGE_SIZE = "10Gi"
 # torchrun's shutdown timeout (30 s) plus time to write one checkpoint.
 DEFAULT_GRACE_SECONDS = 120
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 600
 
 
 def _quantity(value: Any) -> str:
@@ -76,8 +81,19 @@ class SecretRef(_Model):
 class S3Source(_Model):
     """An S3 location fetched into the pod by an init container before training."""
 
-    uri: str = Field(description="s3://bucket/prefix (or s3://bucket/key for one object).")
-    endpoint: str | None = Field(None, description="S3 endpoint URL for non-AWS stores.")
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": s3_rules(_S3_URI)})
+
+    uri: str = Field(
+        description="s3://bucket/prefix (or s3://bucket/key for one object).",
+        max_length=2048,
+        # The format is checked by a rule on the object, not a `pattern` here: the
+        # apiserver quotes a refused string value back, credentials and all.
+    )
+    endpoint: str | None = Field(
+        None,
+        description="S3 endpoint URL for non-AWS stores (no credentials in it).",
+        max_length=2048,
+    )
     region: str | None = None
     secret_ref: SecretRef | None = None
 
@@ -85,15 +101,19 @@ class S3Source(_Model):
     @classmethod
     def _s3(cls, value: str) -> str:
         value = value.strip()
+        if has_userinfo(value):
+            raise ValueError("must not carry credentials (user:password@): use secretRef")
         if not _S3_URI.match(value):
-            raise ValueError(f"{value!r} is not an s3://bucket/prefix URI")
+            raise ValueError(f"{redact(value)[:120]!r} is not an s3://bucket/prefix URI")
         return value.rstrip("/") if value.count("/") > 3 else value
 
     @field_validator("endpoint")
     @classmethod
     def _http(cls, value: str | None) -> str | None:
+        if value is not None and has_userinfo(value):
+            raise ValueError("must not carry credentials (user:password@): use secretRef")
         if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} must be an http:// or https:// URL")
+            raise ValueError(f"{redact(value)[:120]!r} must be an http:// or https:// URL")
         return value
 
 
@@ -109,6 +129,19 @@ class S3Output(S3Source):
 class Storage(_Model):
     """The checkpoint volume, mounted at /checkpoints in every worker."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.existingClaim) || (!has(self.size) && "
+                    "!has(self.storageClassName) && !has(self.accessModes))",
+                    "message": "existingClaim uses a PVC you made: drop size, storageClassName "
+                    "and accessModes (they only apply to the PVC the operator creates)",
+                }
+            ]
+        }
+    )
+
     existing_claim: str | None = Field(
         None, min_length=1, description="Use this PVC instead of creating one."
     )
@@ -116,7 +149,11 @@ class Storage(_Model):
     storage_class_name: str | None = None
     access_modes: (
         list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]] | None
-    ) = Field(None, description="Default ReadWriteOnce for one node, ReadWriteMany for a gang.")
+    ) = Field(
+        None,
+        max_length=4,
+        description="Default ReadWriteOnce for one node, ReadWriteMany for a gang.",
+    )
 
     @model_validator(mode="after")
     def _exclusive(self) -> Storage:
@@ -160,9 +197,34 @@ class Resources(_Model):
 class EnvVar(_Model):
     """An extra environment variable for the trainer container (Kubernetes EnvVar form)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.value) && has(self.valueFrom))",
+                    "message": "set value or valueFrom, not both",
+                }
+            ]
+        },
+    )
 
-    name: str
+    name: str = Field(
+        max_length=256,
+        json_schema_extra={
+            "pattern": _ENV_NAME.pattern,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(self in ["
+                    + ", ".join(f"'{n}'" for n in sorted(c.RESERVED_ENV))
+                    + "])",
+                    "message": "this environment variable is set by the operator",
+                }
+            ],
+        },
+    )
     value: str | None = None
     valueFrom: dict[str, Any] | None = None  # noqa: N815 - the Kubernetes field name
 
@@ -194,6 +256,23 @@ class RunPolicy(_Model):
     ttl_seconds_after_finished: int | None = Field(None, ge=0)
     suspend: bool = False
     clean_pod_policy: Literal["None", "Running", "All"] = "Running"
+    restart_policy: Literal["OnFailure", "Never", "ExitCode"] = Field(
+        "OnFailure",
+        description="When a worker fails: OnFailure restarts the gang (up to backoffLimit) "
+        "unless the runtime reported a user error (bad config or dataset); Never fails the "
+        "job; ExitCode fails it on exit codes 1-127 and restarts on 128+ (signals, e.g. "
+        "preemption).",
+    )
+    startup_timeout_seconds: int = Field(
+        DEFAULT_STARTUP_TIMEOUT_SECONDS,
+        ge=1,
+        description="Fail the job when its workers cannot start for this long: pod creation "
+        "refused, Unschedulable, image pull errors, CreateContainerConfigError. Waiting in a "
+        "Kueue queue or for a gang scheduler does not count.",
+    )
+    scheduling_policy: SchedulingPolicy | None = Field(
+        None, description="Gang admission: PodGroup scheduler, minAvailable, priority."
+    )
     termination_grace_period_seconds: int = Field(
         DEFAULT_GRACE_SECONDS,
         ge=0,
@@ -205,6 +284,8 @@ class RunPolicy(_Model):
 
 class FineTuneJobSpec(_Model):
     """What a FineTuneJob asks for."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": SPEC_RULES})
 
     config: dict[str, Any] | str = Field(
         description="The training config (canonical or axolotl-style), inline or as YAML text."
@@ -223,7 +304,7 @@ class FineTuneJobSpec(_Model):
     output: S3Output | None = Field(
         None, description="Upload the trained weights here once training succeeded."
     )
-    env: list[EnvVar] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list, max_length=128)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     affinity: dict[str, Any] | None = None
@@ -231,6 +312,9 @@ class FineTuneJobSpec(_Model):
     scheduler_name: str | None = None
     service_account_name: str | None = None
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    pod_template: PodTemplate | None = Field(
+        None, description="Worker pod customisation merged onto what the operator builds."
+    )
 
     @field_validator("env")
     @classmethod
@@ -241,6 +325,32 @@ class FineTuneJobSpec(_Model):
                 raise ValueError(f"{item.name} is listed twice")
             seen.add(item.name)
         return value
+
+    @model_validator(mode="after")
+    def _scheduling(self) -> FineTuneJobSpec:
+        policy = self.run_policy.scheduling_policy
+        if policy is None:
+            return self
+        if policy.min_available is not None and policy.min_available > self.nodes:
+            raise ValueError(
+                f"runPolicy.schedulingPolicy.minAvailable ({policy.min_available}) exceeds "
+                f"nodes ({self.nodes}): a gang cannot need more workers than it has"
+            )
+        if policy.priority_class is not None and self.priority_class_name is not None:
+            raise ValueError(
+                "set priorityClassName or runPolicy.schedulingPolicy.priorityClass, not both"
+            )
+        if policy.queue is not None and policy.scheduler != "volcano":
+            raise ValueError(
+                "runPolicy.schedulingPolicy.queue is a Volcano queue: it needs scheduler: volcano"
+            )
+        return self
+
+    @property
+    def priority_class(self) -> str | None:
+        """The workers' PriorityClass, from either field."""
+        policy = self.run_policy.scheduling_policy
+        return self.priority_class_name or (policy.priority_class if policy else None)
 
     @model_validator(mode="after")
     def _gpus_match_procs(self) -> FineTuneJobSpec:
@@ -334,7 +444,7 @@ def _spec_issues(exc: ValidationError) -> list[SpecIssue]:
         elif "env" in err["loc"]:
             pass  # never echo environment values: they may be credentials
         elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
-            shown = repr(err["input"])
+            shown = redact(repr(err["input"]))  # a URL may carry user:password@
             message += f" (got {shown[:60]})"
         issues.append(SpecIssue(_loc(err["loc"]), message))
     return issues
@@ -381,6 +491,21 @@ def check_name(name: str, nodes: int) -> list[SpecIssue]:
     return []
 
 
+def check_admission(meta: dict[str, Any], spec: FineTuneJobSpec) -> list[SpecIssue]:
+    """Kueue (the queue-name label) and a PodGroup scheduler would both gate the gang."""
+    policy = spec.run_policy.scheduling_policy
+    queue = kueue_queue(meta.get("labels"))
+    if queue is not None and policy is not None and policy.scheduler != "default":
+        return [
+            SpecIssue(
+                "spec.runPolicy.schedulingPolicy.scheduler",
+                f"the job is in Kueue queue {queue!r} (label {KUEUE_QUEUE_LABEL}), which admits "
+                f"the gang itself: drop scheduler: {policy.scheduler} or the label",
+            )
+        ]
+    return []
+
+
 def validate_job(body: dict[str, Any]) -> ValidJob:
     """Validate a whole FineTuneJob body: name, spec and training config."""
     from finetune_runtime.config import parse_config
@@ -389,7 +514,7 @@ def validate_job(body: dict[str, Any]) -> ValidJob:
     meta = body.get("metadata") or {}
     name, namespace = meta.get("name", ""), meta.get("namespace", "")
     spec = parse_spec(body.get("spec"))
-    issues = check_name(name, spec.nodes)
+    issues = check_name(name, spec.nodes) + check_admission(meta, spec)
     if issues:
         raise SpecError(issues)
     source = f"FineTuneJob {namespace}/{name} spec.config"

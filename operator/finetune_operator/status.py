@@ -18,6 +18,10 @@ RESTARTING = "Restarting"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 SUSPENDED = "Suspended"
+# Gang admission and startup: Kueue's verdict, and whether the workers could start.
+QUEUED = "Queued"
+ADMITTED = "Admitted"
+PODS_READY = "PodsReady"
 PHASES = (PENDING, CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
 ACTIVE_PHASES = (PENDING, CREATED, RUNNING, RESTARTING)
 # kstatus's standard conditions (Flux `wait: true`, cli-utils, `kubectl wait`), derived from
@@ -26,7 +30,10 @@ READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 CONDITION_TYPES = (
+    QUEUED,
+    ADMITTED,
     CREATED,
+    PODS_READY,
     RUNNING,
     RESTARTING,
     SUCCEEDED,
@@ -156,6 +163,20 @@ def pod_spec_hash(pod: dict[str, Any]) -> str | None:
 
 def terminating(pod: dict[str, Any]) -> bool:
     return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
+# How long past its deletionTimestamp (deletion time + grace period) a pod may linger
+# before the operator force-deletes it: the kubelet has had the whole grace period.
+FORCE_DELETE_AFTER_SECONDS = 30
+
+
+def termination_overdue(pod: dict[str, Any], now: datetime) -> bool:
+    """A terminating pod whose grace period ended FORCE_DELETE_AFTER_SECONDS ago (e.g. its
+    node is gone, so no kubelet will ever confirm the deletion)."""
+    deadline = parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
+    if deadline is None:
+        return False
+    return (now - deadline).total_seconds() >= FORCE_DELETE_AFTER_SECONDS
 
 
 def pod_phase(pod: dict[str, Any]) -> str:

@@ -113,3 +113,12 @@ class LaunchError(FinetuneError):
     """The distributed launch environment is inconsistent or rendezvous failed."""
 
     exit_code = 7
+
+
+# Exit codes that mean "the input is wrong": running the same job again cannot help, so
+# the operator fails the job instead of restarting the gang (its restartPolicy
+# OnFailure and ExitCode both honour this table).
+USER_ERROR_EXIT_CODES: dict[int, str] = {
+    ConfigError.exit_code: "a config error",
+    DatasetError.exit_code: "a dataset error",
+}

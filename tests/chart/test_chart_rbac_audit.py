@@ -4,7 +4,9 @@ The real `finetune-operator` process runs with the exact arguments the chart's D
 renders, authenticated as the chart's ServiceAccount with exactly the (Cluster)Roles and
 bindings `helm template` renders, on the real control plane (tests/kubeharness), through a
 job's life: creation, a failed worker and gang replacement, success, TTL deletion, a config
-change (ConfigMap patch), an invalid spec, suspension. The apiserver's RBAC authorizer decides
+change (ConfigMap patch), an invalid spec, suspension, a permanent failure (its log read),
+coscheduling and Volcano PodGroups, a job with an older version's finalizer, and leader
+election (the Lease). The apiserver's RBAC authorizer decides
 every request; its audit log records each with the user, verb, resource and answer: a 403
 fails the test, and so does a granted verb no request used.
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from chart_helpers import by_kind
 from kubeharness.cluster import Cluster, wait_for
 from kubeharness.control_plane import free_port
@@ -39,6 +42,7 @@ CONFIG = {
 # checks it when the operator sets blockOwnerDeletion on its children's owner references.
 NOT_A_CALL = {("finetune.dev", "finetunejobs/finalizers", "update")}
 _runs = itertools.count(1)
+CRD_DIR = Path(__file__).resolve().parents[1] / "operator" / "crds"
 
 
 def rbac_attributes(event: dict[str, Any]) -> tuple[str, str, str] | None:
@@ -99,6 +103,56 @@ def life_of_jobs(cluster: Cluster, node: NodeAgent, ns: str) -> None:
     cluster.create_job(ns, "broken", {"config": "lora_r: [\nbase_model: x"})
     phase(cluster, ns, "broken", "Failed")
 
+    # A permanent failure (the runtime's dataset-error exit code): its log is read.
+    cluster.create_job(ns, "bad-data", {"config": CONFIG})
+    pod = _pod_named(cluster, ns, "bad-data")
+    node.run(pod)
+    node.finish(pod, exit_code=3)
+    phase(cluster, ns, "bad-data", "Failed")
+
+    # Gang schedulers: the job's PodGroup is looked up and created.
+    for scheduler in ("coscheduling", "volcano"):
+        policy = {"schedulingPolicy": {"scheduler": scheduler}}
+        cluster.create_job(ns, scheduler, {"config": CONFIG, "runPolicy": policy})
+        _pod_named(cluster, ns, scheduler)
+
+    # A job from an older operator version still carries its finalizer: kopf patches it away.
+    legacy = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "legacy", "finalizers": ["finetune.dev/finalizer"]},
+        "spec": {"config": CONFIG},
+    }
+    cluster.post(f"apis/finetune.dev/v1alpha1/namespaces/{ns}/finetunejobs", legacy)
+    wait_for(
+        lambda: not (cluster.job(ns, "legacy") or {})["metadata"].get("finalizers"),
+        what="legacy finalizer removed",
+    )
+
+
+def _pod_named(cluster: Cluster, ns: str, job: str) -> dict[str, Any]:
+    """The first worker of `job` (after its PodGroup, if any)."""
+    return wait_for(
+        lambda: next(
+            (
+                p
+                for p in cluster.pods(ns, 1, live=True)
+                if p["metadata"]["name"] == f"{job}-a1-worker-0"
+            ),
+            None,
+        ),
+        what=f"{job}'s worker",
+    )
+
+
+def install_pod_group_crds(cluster: Cluster) -> None:
+    """The gang schedulers' published CRDs (tests/operator/crds), so PodGroups are real."""
+    crds = "apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        if cluster.get(f"{crds}/{crd['metadata']['name']}") is None:
+            cluster.post(crds, crd)
+
 
 def chart_args(deployment: dict[str, Any], operator: OperatorProcess) -> list[str]:
     """The Deployment's rendered args, with this host's free ports."""
@@ -126,7 +180,12 @@ def test_every_operator_request_is_authorized_by_the_chart(
     token = service_account_token(cluster, identity)
     kubeconfig = cluster.plane.token_kubeconfig(tmp_path / "kubeconfig", token)
     operator = OperatorProcess(kubeconfig, tmp_path, progress_port=free_port(), args=[])
-    operator.scope_args = [a for a in chart_args(deployment, operator)]
+    # The Lease's namespace is the pod's own (POD_NAMESPACE from the downward API there).
+    operator.scope_args = chart_args(deployment, operator) + [
+        "--leader-election-namespace",
+        release_ns,
+    ]
+    install_pod_group_crds(cluster)
     operator.start()
     try:
         life_of_jobs(cluster, node, watched)

@@ -29,6 +29,9 @@ NAMESPACED_NEEDS = {
     ("finetune.dev", "finetunejobs/status"): {"patch"},
     ("finetune.dev", "finetunejobs/finalizers"): {"update"},
     ("", "pods"): {"list", "watch", "create", "delete"},
+    ("", "pods/log"): {"get"},
+    ("scheduling.x-k8s.io", "podgroups"): {"get", "create"},
+    ("scheduling.volcano.sh", "podgroups"): {"get", "create"},
     ("", "services"): {"get", "create"},
     ("", "persistentvolumeclaims"): {"get", "create"},
     ("", "configmaps"): {"get", "create", "patch"},
@@ -121,6 +124,9 @@ def test_default_render_is_cluster_wide(render: Render) -> None:
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "PodDisruptionBudget",
+        "Role",  # the leader-election Lease
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
@@ -137,19 +143,25 @@ def test_default_render_is_cluster_wide(render: Render) -> None:
         "--default-image",
         "ghcr.io/finetune-operator/finetune-runtime:0.1.0",
         "--all-namespaces",
+        "--leader-elect",
+        "--leader-election-id",
+        "ftop-finetune-operator",
     ]
     for obj in objects:
-        if obj["kind"] in {"Deployment", "Service", "ServiceAccount"}:
+        if obj["kind"] in {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"}:
             assert obj["metadata"]["namespace"] == NAMESPACE
 
 
 def test_namespaced_mode_uses_roles_in_each_watched_namespace(render: Render) -> None:
     objects = render(sets=NAMESPACED_MODE)
-    roles = by_kind(objects, "Role")
+    roles = [r for r in by_kind(objects, "Role") if not r["metadata"]["name"].endswith("-election")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert grants(role["rules"]) == NAMESPACED_NEEDS
-    assert sorted(b["metadata"]["namespace"] for b in by_kind(objects, "RoleBinding")) == [
+    bindings = by_kind(objects, "RoleBinding")
+    assert sorted(
+        b["metadata"]["namespace"] for b in bindings if "election" not in b["metadata"]["name"]
+    ) == [
         "team-a",
         "team-b",
     ]
@@ -158,7 +170,7 @@ def test_namespaced_mode_uses_roles_in_each_watched_namespace(render: Render) ->
     assert grants(one(objects, "ClusterRole")["rules"]) == CRD_NEEDS | NAMESPACE_WATCH_NEEDS
     assert_least_privilege(objects)
     args = container(objects)["args"]
-    assert args[6:] == ["--namespace", "team-a", "--namespace", "team-b"]
+    assert args[6:10] == ["--namespace", "team-a", "--namespace", "team-b"]
     assert "--all-namespaces" not in args
 
 
@@ -167,7 +179,7 @@ def test_cluster_scope_limited_to_namespaces_observes_namespaces(render: Render)
     assert grants(one(objects, "ClusterRole")["rules"]) == (
         NAMESPACED_NEEDS | CRD_NEEDS | NAMESPACE_WATCH_NEEDS
     )
-    assert container(objects)["args"][6:] == ["--namespace", "ml"]
+    assert container(objects)["args"][6:8] == ["--namespace", "ml"]
 
 
 def test_extra_rules_are_appended(render: Render) -> None:
@@ -183,12 +195,15 @@ def test_rbac_can_be_disabled(render: Render) -> None:
     assert not [o for o in objects if o["kind"].endswith(("Role", "RoleBinding"))]
 
 
-def test_deployment_is_a_single_hardened_standalone_operator(render: Render) -> None:
+def test_deployment_is_a_hardened_leader_elected_operator(render: Render) -> None:
     objects = render()
     deployment = one(objects, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2  # a leader and a hot standby
+    assert "strategy" not in spec  # RollingUpdate: the Lease keeps one reconciler at a time
+    args = spec["template"]["spec"]["containers"][0]["args"]
+    assert "--leader-elect" in args
+    assert args[args.index("--leader-election-id") + 1] == "ftop-finetune-operator"
     pod = spec["template"]["spec"]
     assert pod["automountServiceAccountToken"] is True
     assert pod["serviceAccountName"] == "ftop-finetune-operator"
@@ -332,3 +347,31 @@ def test_default_runtime_image_matches_the_operators_own_default(render: Render)
     assert chart_default == handlers.OperatorConfig.default_image, (
         "values.yaml runtimeImage and the operator's built-in default image differ"
     )
+
+
+def test_leader_election_pdb_and_lease_rbac(render: Render) -> None:
+    objects = render()
+    (pdb,) = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    assert pdb["spec"]["minAvailable"] == 1
+    deployment = one(objects, "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["selector"]["matchLabels"] == selector
+    (role,) = [o for o in objects if o["kind"] == "Role" and "leader" in o["metadata"]["name"]]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "patch"],
+        }
+    ]
+    env = {e["name"] for e in container(objects)["env"]}
+    assert {"POD_NAME", "POD_NAMESPACE"} <= env
+
+
+def test_leader_single_replica_without_election_recreates(render: Render) -> None:
+    objects = render(sets=["replicaCount=1", "leaderElection.enabled=false"])
+    spec = one(objects, "Deployment")["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert "--leader-elect" not in spec["template"]["spec"]["containers"][0]["args"]
+    assert not [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    assert not [o for o in objects if "leader" in o["metadata"]["name"]]

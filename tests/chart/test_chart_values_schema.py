@@ -13,6 +13,7 @@ from chart_helpers import CHART
 
 BAD_VALUES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("unknown top-level key", {"replicas": 2}, ["replicas", "not allowed"]),
+    ("leader: zero replicas", {"replicaCount": 0}, ["/replicaCount"]),
     ("typo in a nested key", {"metrics": {"prot": 8080}}, ["/metrics", "prot"]),
     ("port out of range", {"metrics": {"port": 70000}}, ["/metrics/port", "65,535"]),
     ("port as text", {"health": {"port": "http"}}, ["/health/port", "integer"]),
@@ -81,6 +82,11 @@ def test_service_monitor_without_service_fails_with_a_hint(helm_fails: Callable[
         sets=["metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"]
     )
     assert "metrics.service.enabled=true" in error
+
+
+def test_leader_replicas_need_leader_election(helm_fails: Callable[..., str]) -> None:
+    error = helm_fails(values={"replicaCount": 3, "leaderElection": {"enabled": False}})
+    assert "replicaCount=3 needs leaderElection.enabled=true" in error
 
 
 def test_external_service_account_needs_a_name(helm_fails: Callable[..., str]) -> None:

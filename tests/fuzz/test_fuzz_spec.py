@@ -116,19 +116,22 @@ def check_children(body: dict[str, Any], decision: Decision) -> None:
         assert refs[0]["uid"] == uid and refs[0]["controller"] is True
         assert child["metadata"]["namespace"] == "ml"
         if child["kind"] == "Pod":
-            check_pod(child)
+            asked = ((body["spec"].get("podTemplate") or {}).get("spec") or {}).get("hostNetwork")
+            check_pod(child, host_network_asked=asked is True)
         if child["kind"] == "ConfigMap":
             assert MARKER not in json.dumps(child)
 
 
-def check_pod(pod: dict[str, Any]) -> None:
+def check_pod(pod: dict[str, Any], host_network_asked: bool = False) -> None:
     spec = pod["spec"]
     assert spec["automountServiceAccountToken"] is False
     assert spec["restartPolicy"] == "Never"
     ctx = spec["securityContext"]
-    assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] != 0
+    assert ctx["runAsNonRoot"] is True and ctx.get("runAsUser") != 0
     assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+    # hostNetwork only where the job's podTemplate asked for it (RDMA); never PID/IPC.
+    assert bool(spec.get("hostNetwork")) == host_network_asked
+    assert not spec.get("hostPID") and not spec.get("hostIPC")
     for volume in spec["volumes"]:
         assert "hostPath" not in volume
     for container in spec.get("initContainers", []) + spec["containers"]:

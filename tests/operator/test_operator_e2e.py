@@ -56,7 +56,8 @@ def start_gang(cluster: Cluster, node: NodeAgent, ns: str, name: str, attempt: i
 
 
 def reasons(cluster: Cluster, ns: str) -> list[str]:
-    events = sorted(cluster.events(ns), key=lambda e: e["metadata"]["creationTimestamp"])
+    # resourceVersion orders writes; creationTimestamp has only second resolution.
+    events = sorted(cluster.events(ns), key=lambda e: int(e["metadata"]["resourceVersion"]))
     return [e["reason"] for e in events]
 
 
@@ -293,14 +294,44 @@ def test_progress_from_rank_zero_reaches_the_status(
     assert operator.healthy()
 
 
-def test_deleting_a_job_releases_it(cluster: Cluster, node: NodeAgent, ns: str):
+def test_uninstall_jobs_carry_no_finalizer_so_they_delete_without_the_operator(
+    cluster: Cluster, node: NodeAgent, operator: OperatorProcess, ns: str
+):
+    """helm uninstall first, then delete the jobs: nothing waits for the operator, and
+    garbage collection removes the pods."""
     cluster.create_job(ns, "gone", spec())
     start_gang(cluster, node, ns, "gone", 1, 1)
-    job = cluster.job(ns, "gone")
-    assert "finetune.dev/finalizer" in job["metadata"]["finalizers"]
-    cluster.delete_job(ns, "gone")
-    wait_for(lambda: cluster.job(ns, "gone") is None, what="finalizer released")
-    wait_for(lambda: cluster.pods(ns) == [], what="pods garbage-collected")
+    assert "finetune.dev/finalizer" not in (cluster.job(ns, "gone") or {})["metadata"].get(
+        "finalizers", []
+    )
+    operator.stop()
+    try:
+        cluster.delete_job(ns, "gone")
+        wait_for(lambda: cluster.job(ns, "gone") is None, what="job deleted without operator")
+        wait_for(lambda: cluster.pods(ns, live=True) == [], what="pods garbage-collected")
+    finally:
+        operator.start()
+
+
+def test_uninstall_the_finalizer_of_older_versions_is_removed(
+    cluster: Cluster, operator: OperatorProcess, ns: str
+):
+    body = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "legacy", "finalizers": ["finetune.dev/finalizer"]},
+        "spec": spec(),
+    }
+    cluster.post(f"apis/finetune.dev/v1alpha1/namespaces/{ns}/finetunejobs", body)
+    wait_for(
+        lambda: (
+            "finetune.dev/finalizer"
+            not in ((cluster.job(ns, "legacy") or {})["metadata"].get("finalizers") or [])
+        ),
+        what="legacy finalizer removed",
+    )
+    cluster.delete_job(ns, "legacy")
+    wait_for(lambda: cluster.job(ns, "legacy") is None, what="job deleted")
 
 
 def test_credentials_are_referenced_never_read(
@@ -335,7 +366,7 @@ def test_credentials_are_referenced_never_read(
     )
     (pod,) = pods_of(cluster, ns, 1, 1)
     node.run(pod)
-    node.finish(pod, exit_code=3)
+    node.finish(pod, exit_code=137)  # retryable: the gang is replaced
     pods_of(cluster, ns, 2, 1)
 
     fetchers = pod["spec"]["initContainers"]

@@ -116,7 +116,8 @@ def test_worker_pod_is_locked_down():
     spec = worker(FULL_SPEC)["spec"]
     assert spec["automountServiceAccountToken"] is False
     assert spec["securityContext"]["runAsNonRoot"] is True
-    assert spec["securityContext"]["runAsUser"] == 1000
+    assert "runAsUser" not in spec["securityContext"]  # the image's numeric USER runs
+    assert spec["securityContext"]["fsGroup"] == 1000  # PodSettings.fs_group (None: omitted)
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     for container in spec["containers"] + spec["initContainers"]:
         sc = container["securityContext"]

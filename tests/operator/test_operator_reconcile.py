@@ -120,10 +120,8 @@ def test_a_failed_worker_replaces_the_whole_gang():
     pods = [pod(body, 1, 0, "Running", ip="10.0.0.1"), pod(body, 1, 1, "Failed", exit_code=137)]
     d = run(body, observed(body, pods), later(30))
     assert deleted_pods(d) == ["llama-a1-worker-0", "llama-a1-worker-1"]
-    assert [p["metadata"]["name"] for p in created_pods(d)] == [
-        "llama-a2-worker-0",
-        "llama-a2-worker-1",
-    ]
+    assert created_pods(d) == []  # the new gang waits until the old pods are gone
+    assert condition(d.status, "PodsReady")["reason"] == "WaitingForOldGang"
     st = d.status
     assert st["phase"] == "Restarting"
     assert st["attempt"] == 2 and st["restarts"] == 1
@@ -134,6 +132,11 @@ def test_a_failed_worker_replaces_the_whole_gang():
     assert "restart 1 of 3" in restarting["message"]
     assert condition(st, "Running")["status"] == "False"
     assert [(e.type, e.reason) for e in d.events] == [("Warning", "Restarting")]
+    d = run(after(body, d), observed(body, []), later(31))
+    assert [p["metadata"]["name"] for p in created_pods(d)] == [
+        "llama-a2-worker-0",
+        "llama-a2-worker-1",
+    ]
     env = {e["name"]: e.get("value") for e in created_pods(d)[0]["spec"]["containers"][0]["env"]}
     assert env["FINETUNE_ATTEMPT"] == "2"
 
@@ -152,7 +155,7 @@ def test_replacement_gang_running_clears_restarting():
 def test_backoff_limit_exceeded_fails_the_job_and_stops_running_workers():
     body = running_job({"runPolicy": {"backoffLimit": 1}})
     body["status"]["restarts"] = 1
-    pods = [pod(body, 1, 0, "Running", ip="10.0.0.1"), pod(body, 1, 1, "Failed", exit_code=2)]
+    pods = [pod(body, 1, 0, "Running", ip="10.0.0.1"), pod(body, 1, 1, "Failed", exit_code=1)]
     d = run(body, observed(body, pods), later(10))
     st = d.status
     assert st["phase"] == "Failed"
@@ -177,7 +180,8 @@ def test_a_worker_that_vanishes_from_a_running_gang_counts_as_a_failure():
     d = run(body, observed(body, [pod(body, 1, 0, "Running", ip="10.0.0.1")]))
     assert d.status["phase"] == "Restarting"
     assert "disappeared" in condition(d.status, "Restarting")["message"]
-    assert len(created_pods(d)) == 2
+    assert created_pods(d) == []  # rank 0 of the old gang is still there
+    assert len(created_pods(run(after(body, d), observed(body, [])))) == 2
 
 
 def test_a_missing_worker_of_a_forming_gang_is_recreated_alone():
@@ -432,11 +436,12 @@ def test_recorded_attempt_without_pods_yet_creates_exactly_that_gang():
     body = running_job()
     body["status"].update({"attempt": 2, "phase": "Restarting", "restarts": 1})
     d = run(body, observed(body, [pod(body, 1, 0, "Failed")]))
+    assert created_pods(d) == [] and deleted_pods(d) == ["llama-a1-worker-0"]
+    d = run(body, observed(body, []))
     assert [p["metadata"]["name"] for p in created_pods(d)] == [
         "llama-a2-worker-0",
         "llama-a2-worker-1",
     ]
-    assert deleted_pods(d) == ["llama-a1-worker-0"]
     assert d.status["restarts"] == 1
 
 
@@ -554,7 +559,8 @@ def test_editing_the_job_replaces_the_gang_without_counting_a_restart(edit):
     body["metadata"]["generation"] = 2
     d = run(body, before, later(60))
     assert deleted_pods(d) == ["llama-a1-worker-0", "llama-a1-worker-1"]
-    new = created_pods(d)
+    assert created_pods(d) == []
+    new = created_pods(run(after(body, d), observed(body, []), later(61)))
     assert {p["metadata"]["name"].rsplit("-", 1)[0] for p in new} == {"llama-a2-worker"}
     assert len(new) == body["spec"]["nodes"]
     assert all(p["metadata"]["annotations"]["finetune.dev/spec-hash"] != digest for p in new)
@@ -581,4 +587,5 @@ def test_config_edit_also_refreshes_the_config_map():
     d = run(body, before)
     assert [x["kind"] for x in d.update] == ["ConfigMap"]
     assert "max_steps: 99" in d.update[0]["data"]["config.yaml"]
-    assert len(created_pods(d)) == 1
+    assert created_pods(d) == []
+    assert len(created_pods(run(after(body, d), observed(body, [])))) == 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import stat
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ from kubeharness.control_plane import free_port
 from kubeharness.node_agent import NodeAgent
 from kubeharness.operator_process import Identity, OperatorProcess
 from leak_helpers import Markers, assert_clean
+
+from finetune_operator.manifests import PodSettings
+from finetune_operator.reconcile import Observed, reconcile
 
 pytestmark = pytest.mark.slow
 
@@ -153,14 +157,29 @@ def test_secrets_never_reach_logs_events_status_children_or_metrics(
         {"name": "AWS_SECRET_ACCESS_KEY", "value": markers.inline},
         {"name": "BAD NAME", "value": markers.inline},
     ]
-    cluster.create_job(NS, "bad-env", bad_env)
-    for name in ("bad-config", "bad-env"):
-        wait_for(lambda n=name: phase(cluster, n) == "Failed", what=f"{name} InvalidSpec")
-        assert failed_reason(cluster, name) == "InvalidSpec"
-    message = next(
-        c["message"] for c in cluster.status(NS, "bad-env")["conditions"] if c["type"] == "Failed"
-    )
+    # The CRD's CEL rules refuse these at admission too, quoting names, never values.
+    with pytest.raises(ApiError) as refused:
+        cluster.create_job(NS, "bad-env", bad_env)
+    assert refused.value.status == 422
+    for field in ("spec.env[0]", "spec.env[1].name", "spec.env[2].name"):
+        assert field in str(refused.value)
+    assert_clean(str(refused.value), markers, "the apiserver's refusal")
+    # The operator checks them again (jobs stored before the rules existed, clusters
+    # without CEL): in process, the same refusal as an InvalidSpec condition.
+    body = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "bad-env", "namespace": NS, "uid": "u", "generation": 1},
+        "spec": bad_env,
+    }
+    decision = reconcile(body, Observed(), datetime.now(UTC), PodSettings("img", 9400))
+    (failed,) = [c for c in decision.status["conditions"] if c["type"] == "Failed"]
+    message = failed["message"]
+    assert failed["reason"] == "InvalidSpec"
     assert "spec.env[0]" in message and "spec.env[2]" in message and "AWS_SECRET" in message
+    assert_clean(message + " ".join(e.message for e in decision.events), markers, "InvalidSpec")
+    wait_for(lambda: phase(cluster, "bad-config") == "Failed", what="bad-config InvalidSpec")
+    assert failed_reason(cluster, "bad-config") == "InvalidSpec"
 
     # 2. A gang whose workers fail until the backoff limit is exhausted.
     cluster.create_job(NS, "private", job_spec(markers, nodes=2))

@@ -59,7 +59,15 @@ every render checks it.
 {{- if and (eq .Values.rbac.scope "namespace") (empty .Values.watchNamespaces) }}
 {{- fail "rbac.scope=namespace needs the namespaces to watch: set watchNamespaces, e.g. --set 'watchNamespaces={team-a}' (or use rbac.scope=cluster to watch all namespaces)" }}
 {{- end }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail (printf "replicaCount=%v needs leaderElection.enabled=true: without it every replica would reconcile every job" .Values.replicaCount) }}
+{{- end }}
 {{- if ne (len .Values.watchNamespaces) (len (uniq .Values.watchNamespaces)) }}
 {{- fail (printf "watchNamespaces lists a namespace twice: %v" .Values.watchNamespaces) }}
 {{- end }}
+{{- end }}
+
+{{/* The leader-election Lease's name. */}}
+{{- define "finetune-operator.leaseName" -}}
+{{- default (include "finetune-operator.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}

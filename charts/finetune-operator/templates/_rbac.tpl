@@ -24,6 +24,15 @@ S3 credentials through secretKeyRef; the operator never reads them), any wildcar
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "create", "delete"]
+# The last lines of a permanently failed worker's log go into the Failed condition.
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+# Gang scheduling (spec.runPolicy.schedulingPolicy.scheduler): the job's PodGroup for the
+# scheduler-plugins coscheduling plugin or Volcano; removed by garbage collection.
+- apiGroups: ["scheduling.x-k8s.io", "scheduling.volcano.sh"]
+  resources: ["podgroups"]
+  verbs: ["get", "create"]
 # Rendezvous Service and checkpoint PVC: created once, removed by garbage collection with the job.
 - apiGroups: [""]
   resources: ["services", "persistentvolumeclaims"]
@@ -56,4 +65,11 @@ against them and to notice a watched namespace created later. Cluster-wide watch
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
+{{- end }}
+
+{{/* Leader election: the Lease in the operator's own namespace. */}}
+{{- define "finetune-operator.rbac.leaseRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "patch"]
 {{- end }}
