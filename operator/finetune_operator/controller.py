@@ -21,6 +21,7 @@ from finetune_operator.kube import Kube
 from finetune_operator.metrics import Metrics
 from finetune_operator.progress_client import fetch_progress
 from finetune_operator.reconcile import Decision, Observed, reconcile
+from finetune_operator.serving import serving_name
 
 log = logging.getLogger("finetune_operator.controller")
 
@@ -71,7 +72,14 @@ class Controller:
             url = s.progress_url(pods, int(status.get("attempt") or 0))
             if url is not None:
                 progress = fetch_progress(url, timeout=self.progress_timeout)
+        serving, serving_service = None, None
+        if status.get("phase") == s.SUCCEEDED and isinstance(spec, dict) and spec.get("serve"):
+            name_ = serving_name(ref)
+            serving = self.kube.get_child("Deployment", namespace, name_)
+            serving_service = self.kube.get_child("Service", namespace, name_)
         return Observed(
+            serving=serving,
+            serving_service=serving_service,
             pods=pods,
             config_map=self.kube.get_child("ConfigMap", namespace, m.config_map_name(ref)),
             service=self.kube.get_child("Service", namespace, m.service_name(ref)),

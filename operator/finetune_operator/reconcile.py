@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from finetune_operator import manifests as m
+from finetune_operator import serving
 from finetune_operator import status as s
 from finetune_operator.effective import effective_config_yaml
 from finetune_operator.spec import FineTuneJobSpec, RunPolicy, SpecError, validate_job
@@ -31,6 +32,8 @@ class Observed:
     service: dict[str, Any] | None = None
     claim: dict[str, Any] | None = None  # the checkpoint PVC (ours or spec.storage.existingClaim)
     progress: dict[str, Any] | None = None
+    serving: dict[str, Any] | None = None  # spec.serve's Deployment, once created
+    serving_service: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ def reconcile(
     if generation is not None:  # every cycle, finished jobs too (GitOps tools wait on it)
         cy.status["observedGeneration"] = generation
     if cy.phase in TERMINAL and not retry_invalid:
+        _serving(cy, settings)
         _finished(cy, _run_policy(job))
         return cy.finish()
     try:
@@ -131,7 +135,26 @@ def reconcile(
         cy.uncond(s.FAILED, "SpecFixed", "The spec is valid again.")
         cy.status["phase"] = s.PENDING
     _active(cy, valid.spec, config_yaml, settings, fresh=retry_invalid)
+    _serving(cy, settings)
     return cy.finish()
+
+
+def _serving(cy: _Cycle, settings: m.PodSettings) -> None:
+    """spec.serve: inference replicas of a Succeeded job (see finetune_operator.serving)."""
+    raw = cy.job.get("spec")
+    if cy.phase != s.SUCCEEDED or not isinstance(raw, dict) or not raw.get("serve"):
+        return
+    try:
+        spec = validate_job(cy.job).spec
+    except SpecError:
+        return
+    decided = serving.decide(
+        cy.ref, spec, cy.status, cy.observed.serving, cy.observed.serving_service, settings
+    )
+    cy.decision.create += decided.create
+    cy.decision.update += decided.update
+    if decided.status is not None:
+        cy.status["serving"] = decided.status
 
 
 def _run_policy(job: dict[str, Any]) -> RunPolicy:

@@ -35,6 +35,11 @@ S3 credentials through secretKeyRef; the operator never reads them), any wildcar
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# spec.serve: the inference Deployment, created once the job succeeded and patched to roll
+# the replicas onto new outputs (its Service is covered by the services rule above).
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "create", "patch"]
 {{- with .Values.rbac.extraRules }}
 {{ toYaml . }}
 {{- end }}
