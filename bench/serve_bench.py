@@ -190,6 +190,12 @@ def headline(summary: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def _load(load: dict[str, float] | None) -> str:
+    if not load:
+        return "not sampled"
+    return " / ".join(f"{load[k]:.2f}" for k in ("min", "median", "max") if k in load)
+
+
 def render(result: dict[str, Any]) -> list[str]:
     args = result["args"]
     lines = [
@@ -204,6 +210,8 @@ def render(result: dict[str, Any]) -> list[str]:
         "under C clients is that of a one-at-a-time server (each request waits for those "
         "before it). Ratio = median over rounds of serve tokens/s / sequential tokens/s in "
         "the same round; CPU/token = the same pairing of process CPU seconds per token.",
+        "",
+        f"Load average: {_load(result.get('load'))}.",
         "",
         "| clients | serve tokens/s | sequential tokens/s | ratio (per round) | CPU/token vs "
         "sequential | serve p50 / p99 ms | sequential p50 / p99 ms |",

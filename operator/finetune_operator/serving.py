@@ -130,7 +130,7 @@ def _pod_spec(
         ]
         if spec.model is not None:  # the base model the adapter sits on
             init.append(m.fetch_container("fetch-model", image, spec.model, c.MODEL_DIR))
-    env = [{"name": "FINETUNE_CACHE", "value": c.CACHE_DIR}]
+    env: list[dict[str, Any]] = [{"name": "FINETUNE_CACHE", "value": c.CACHE_DIR}]
     if serve.api_key_secret_ref is not None:
         ref = serve.api_key_secret_ref
         env.append(

@@ -26,6 +26,11 @@ def _layers(cache: DynamicCache) -> list[DynamicLayer]:
     return list(cache.layers)  # type: ignore[arg-type]
 
 
+def _kv(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    assert layer.keys is not None and layer.values is not None
+    return layer.keys, layer.values
+
+
 def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
     if width == 0:
         return t
@@ -47,10 +52,9 @@ def join(
     length = max(old_len, new_len)
     data = []
     for a, b in zip(_layers(cache), _layers(new_cache), strict=True):
-        keys = torch.cat([_pad_left(a.keys, length - old_len), _pad_left(b.keys, length - new_len)])
-        values = torch.cat(
-            [_pad_left(a.values, length - old_len), _pad_left(b.values, length - new_len)]
-        )
+        (ak, av), (bk, bv) = _kv(a), _kv(b)
+        keys = torch.cat([_pad_left(ak, length - old_len), _pad_left(bk, length - new_len)])
+        values = torch.cat([_pad_left(av, length - old_len), _pad_left(bv, length - new_len)])
         data.append((keys, values))
     joined_mask = torch.cat(
         [
@@ -70,6 +74,7 @@ def keep_rows(
     live = mask.any(dim=0).nonzero()
     start = int(live[0]) if len(live) else mask.shape[1]
     for layer in _layers(cache):
-        layer.keys = layer.keys[index, :, start:, :]
-        layer.values = layer.values[index, :, start:, :]
+        keys, values = _kv(layer)
+        layer.keys = keys[index, :, start:, :]
+        layer.values = values[index, :, start:, :]
     return cache, mask[:, start:]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,8 @@ def parse_adapter_flag(raw: str) -> tuple[str, Path]:
 
 def resolve_source(
     target: str,
-    adapters: list[str] = (),
-    served_name: str | None = None,  # type: ignore[assignment]
+    adapters: Sequence[str] = (),
+    served_name: str | None = None,
 ) -> ServeSource:
     """Decide what to serve from the command line (reads only small metadata files)."""
     path = Path(target)

@@ -193,9 +193,14 @@ def parse_request(model: type[_Sampling], raw: bytes) -> Any:
 
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        where = f" (line {exc.lineno} column {exc.colno})" if hasattr(exc, "lineno") else ""
-        raise ApiError(400, f"malformed JSON body{where}: {exc}", code="invalid_json") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400,
+            f"malformed JSON body: {exc.msg} (line {exc.lineno} column {exc.colno})",
+            code="invalid_json",
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     try:
