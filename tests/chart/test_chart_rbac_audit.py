@@ -99,6 +99,19 @@ def life_of_jobs(cluster: Cluster, node: NodeAgent, ns: str) -> None:
     cluster.create_job(ns, "broken", {"config": "lora_r: [\nbase_model: x"})
     phase(cluster, ns, "broken", "Failed")
 
+    # spec.serve: once it succeeded, the inference Deployment + Service; scaling patches it.
+    cluster.create_job(ns, "served", {"config": CONFIG, "serve": {"replicas": 1}})
+    for pod in pods_of(cluster, ns, 1, 1):
+        kubelet.run(pod)
+        kubelet.finish(pod, 0)
+    deployments = f"apis/apps/v1/namespaces/{ns}/deployments"
+    wait_for(lambda: cluster.items(deployments), what="the serving Deployment")
+    cluster.patch_job(ns, "served", {"spec": {"serve": {"replicas": 2}}})
+    wait_for(
+        lambda: [d for d in cluster.items(deployments) if d["spec"]["replicas"] == 2],
+        what="the serving Deployment scaled",
+    )
+
 
 def chart_args(deployment: dict[str, Any], operator: OperatorProcess) -> list[str]:
     """The Deployment's rendered args, with this host's free ports."""

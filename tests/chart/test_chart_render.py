@@ -33,6 +33,7 @@ NAMESPACED_NEEDS = {
     ("", "persistentvolumeclaims"): {"get", "create"},
     ("", "configmaps"): {"get", "create", "patch"},
     ("", "events"): {"create"},
+    ("apps", "deployments"): {"get", "create", "patch"},  # spec.serve's inference replicas
 }
 CRD_NEEDS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
 NAMESPACE_WATCH_NEEDS = {("", "namespaces"): {"list", "watch"}}
