@@ -95,13 +95,11 @@ def _probe(path: str, serve: ServeSpec, period: int, failures: int) -> dict[str,
     }
 
 
-def _pod_spec(
-    job: m.JobRef, spec: FineTuneJobSpec, status: dict[str, Any], settings: m.PodSettings
-) -> dict[str, Any]:
-    serve = spec.serve
-    assert serve is not None
-    image = serve.image or spec.image or settings.default_image
-    merged = _merged_source(spec, status)
+def _storage(
+    job: m.JobRef, spec: FineTuneJobSpec, image: str, merged: S3Source | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(mounts, volumes, init containers): the merged model fetched from S3, or the
+    checkpoint volume (read-only) with the effective config and the base model it names."""
     mounts: list[dict[str, Any]] = [{"name": "data", "mountPath": c.DATA_DIR}]
     volumes: list[dict[str, Any]] = [{"name": "data", "emptyDir": {}}]
     init = []
@@ -130,6 +128,17 @@ def _pod_spec(
         ]
         if spec.model is not None:  # the base model the adapter sits on
             init.append(m.fetch_container("fetch-model", image, spec.model, c.MODEL_DIR))
+    return mounts, volumes, init
+
+
+def _pod_spec(
+    job: m.JobRef, spec: FineTuneJobSpec, status: dict[str, Any], settings: m.PodSettings
+) -> dict[str, Any]:
+    serve = spec.serve
+    assert serve is not None
+    image = serve.image or spec.image or settings.default_image
+    merged = _merged_source(spec, status)
+    mounts, volumes, init = _storage(job, spec, image, merged)
     env: list[dict[str, Any]] = [{"name": "FINETUNE_CACHE", "value": c.CACHE_DIR}]
     if serve.api_key_secret_ref is not None:
         ref = serve.api_key_secret_ref

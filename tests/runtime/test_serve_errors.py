@@ -140,6 +140,37 @@ def test_client_disconnect_cancels_generation(server: LiveServer) -> None:
     assert server.state.metrics.cancelled._value.get() == before + 1
 
 
+def test_non_streaming_client_that_gives_up_cancels_too(server: LiveServer) -> None:
+    """A plain (non-streaming) request whose client times out: the server notices the closed
+    connection while it waits and cancels the sequence. The engine is held in its forward
+    pass (a hook on the real model) so the sequence cannot finish first."""
+    engine = server.state.engine
+    assert engine is not None
+    gate, in_forward = threading.Event(), threading.Event()
+
+    def hold(*_: Any) -> None:
+        in_forward.set()
+        gate.wait(60)
+
+    before = server.state.metrics.cancelled._value.get()
+    hook = engine.model.register_forward_pre_hook(hold)
+    try:
+        body = {**GOOD, "max_tokens": 200, "ignore_eos": True}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"{server.url}/v1/completions", json=body, timeout=httpx.Timeout(30, read=0.5)
+            )
+        assert in_forward.is_set()
+        wait_for(
+            lambda: server.state.metrics.cancelled._value.get() == before + 1,
+            "the server to notice the closed connection",
+        )
+    finally:
+        hook.remove()
+        gate.set()
+    wait_for(lambda: running(server) == 0, "the cancelled row to leave the batch")
+
+
 def test_over_capacity_answers_429_with_retry_after(trained_run: Trained) -> None:
     live = serve(trained_run.merged, name="demo", max_batch=1, max_queue=1)
     engine = live.state.engine

@@ -36,6 +36,7 @@ from finetune_runtime.serving.schemas import (
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models")
 
 
 @dataclass
@@ -149,16 +150,38 @@ def _install_errors(app: FastAPI, state: ServerState) -> None:
         err = ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
         return JSONResponse(err.body(), status_code=exc.status_code)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        path = request.url.path
-        if not path.startswith("/v1/"):
-            return await call_next(request)
-        response = _refuse(request, state.options.api_key)
-        if response is None:
-            response = await call_next(request)
-        state.metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(GuardMiddleware, state=state)
+
+
+class GuardMiddleware:
+    """Auth, body size and request counting for /v1/*, as plain ASGI: Starlette's
+    BaseHTTPMiddleware would hide the client's disconnect from the routes."""
+
+    def __init__(self, app: Any, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        code = {"status": 500}
+
+        async def counting_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                code["status"] = message["status"]
+            await send(message)
+
+        refused = _refuse(Request(scope), self.state.options.api_key)
+        try:
+            if refused is not None:
+                await refused(scope, receive, counting_send)
+            else:
+                await self.app(scope, receive, counting_send)
+        finally:
+            endpoint = path if path in ENDPOINTS else "other"  # bounded label values
+            self.state.metrics.requests.labels(endpoint, str(code["status"])).inc()
 
 
 def _refuse(request: Request, api_key: str | None) -> Response | None:
