@@ -73,7 +73,8 @@ class Controller:
             if url is not None:
                 progress = fetch_progress(url, timeout=self.progress_timeout)
         serving, serving_service = None, None
-        if status.get("phase") == s.SUCCEEDED and isinstance(spec, dict) and spec.get("serve"):
+        serves = isinstance(spec, dict) and spec.get("serve") or status.get("serving")
+        if status.get("phase") == s.SUCCEEDED and serves:
             name_ = serving_name(ref)
             serving = self.kube.get_child("Deployment", namespace, name_)
             serving_service = self.kube.get_child("Service", namespace, name_)

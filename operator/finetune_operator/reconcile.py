@@ -140,9 +140,18 @@ def reconcile(
 
 
 def _serving(cy: _Cycle, settings: m.PodSettings) -> None:
-    """spec.serve: inference replicas of a Succeeded job (see finetune_operator.serving)."""
+    """spec.serve: inference replicas of a Succeeded job (see finetune_operator.serving);
+    removed again when spec.serve is."""
     raw = cy.job.get("spec")
-    if cy.phase != s.SUCCEEDED or not isinstance(raw, dict) or not raw.get("serve"):
+    if cy.phase != s.SUCCEEDED:
+        return
+    if not isinstance(raw, dict) or not raw.get("serve"):
+        name = serving.serving_name(cy.ref)
+        if cy.observed.serving is not None:
+            cy.decision.delete.append(ChildRef("Deployment", name))
+        if cy.observed.serving_service is not None:
+            cy.decision.delete.append(ChildRef("Service", name))
+        cy.status.pop("serving", None)
         return
     try:
         spec = validate_job(cy.job).spec

@@ -99,7 +99,8 @@ def life_of_jobs(cluster: Cluster, node: NodeAgent, ns: str) -> None:
     cluster.create_job(ns, "broken", {"config": "lora_r: [\nbase_model: x"})
     phase(cluster, ns, "broken", "Failed")
 
-    # spec.serve: once it succeeded, the inference Deployment + Service; scaling patches it.
+    # spec.serve: once it succeeded, the inference Deployment + Service; scaling patches the
+    # Deployment; dropping spec.serve deletes both.
     cluster.create_job(ns, "served", {"config": CONFIG, "serve": {"replicas": 1}})
     for pod in pods_of(cluster, ns, 1, 1):
         kubelet.run(pod)
@@ -110,6 +111,13 @@ def life_of_jobs(cluster: Cluster, node: NodeAgent, ns: str) -> None:
     wait_for(
         lambda: [d for d in cluster.items(deployments) if d["spec"]["replicas"] == 2],
         what="the serving Deployment scaled",
+    )
+    services = f"api/v1/namespaces/{ns}/services"
+    cluster.patch_job(ns, "served", {"spec": {"serve": None}})
+    wait_for(lambda: not cluster.items(deployments), what="the serving Deployment deleted")
+    wait_for(
+        lambda: not [x for x in cluster.items(services) if x["metadata"]["name"] == "served-serve"],
+        what="the serving Service deleted",
     )
 
 

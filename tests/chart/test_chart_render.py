@@ -29,11 +29,11 @@ NAMESPACED_NEEDS = {
     ("finetune.dev", "finetunejobs/status"): {"patch"},
     ("finetune.dev", "finetunejobs/finalizers"): {"update"},
     ("", "pods"): {"list", "watch", "create", "delete"},
-    ("", "services"): {"get", "create"},
+    ("", "services"): {"get", "create", "delete"},
     ("", "persistentvolumeclaims"): {"get", "create"},
     ("", "configmaps"): {"get", "create", "patch"},
     ("", "events"): {"create"},
-    ("apps", "deployments"): {"get", "create", "patch"},  # spec.serve's inference replicas
+    ("apps", "deployments"): {"get", "create", "patch", "delete"},  # spec.serve's replicas
 }
 CRD_NEEDS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
 NAMESPACE_WATCH_NEEDS = {("", "namespaces"): {"list", "watch"}}

@@ -175,3 +175,16 @@ def test_bad_serve_specs_name_the_field(serve: dict, field: str) -> None:
     with pytest.raises(SpecError) as err:
         validate_job(job({"config": CONFIG, "serve": serve}))
     assert field in str(err.value)
+
+
+def test_removing_serve_removes_the_replicas() -> None:
+    body = served()
+    first = run(body, Observed())
+    deployment, service = first.create
+    gone = job({"config": CONFIG}, status=first.status)
+    decision = run(gone, Observed(serving=deployment, serving_service=service))
+    assert sorted((r.kind, r.name) for r in decision.delete) == [
+        ("Deployment", "llama-serve"),
+        ("Service", "llama-serve"),
+    ]
+    assert "serving" not in decision.status

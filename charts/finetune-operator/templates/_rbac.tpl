@@ -35,11 +35,14 @@ S3 credentials through secretKeyRef; the operator never reads them), any wildcar
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-# spec.serve: the inference Deployment, created once the job succeeded and patched to roll
-# the replicas onto new outputs (its Service is covered by the services rule above).
+# spec.serve: the inference Deployment, created once the job succeeded, patched to roll the
+# replicas onto new outputs or rescale, deleted (with its Service) when spec.serve is removed.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["delete"]
 {{- with .Values.rbac.extraRules }}
 {{ toYaml . }}
 {{- end }}
