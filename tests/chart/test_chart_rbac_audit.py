@@ -101,22 +101,31 @@ def life_of_jobs(cluster: Cluster, node: NodeAgent, ns: str) -> None:
 
     # spec.serve: once it succeeded, the inference Deployment + Service; scaling patches the
     # Deployment; dropping spec.serve deletes both.
+    # (generous deadlines: this runs last, on a loaded machine, after the other jobs' churn)
     cluster.create_job(ns, "served", {"config": CONFIG, "serve": {"replicas": 1}})
-    for pod in pods_of(cluster, ns, 1, 1):
-        kubelet.run(pod)
-        kubelet.finish(pod, 0)
+    (pod,) = wait_for(
+        lambda: [p for p in cluster.pods(ns, 1) if p["metadata"]["name"].startswith("served-")],
+        timeout=120,
+        what="the served job's worker",
+    )
+    kubelet.run(pod)
+    kubelet.finish(pod, 0)
     deployments = f"apis/apps/v1/namespaces/{ns}/deployments"
-    wait_for(lambda: cluster.items(deployments), what="the serving Deployment")
+    wait_for(lambda: cluster.items(deployments), timeout=120, what="the serving Deployment")
     cluster.patch_job(ns, "served", {"spec": {"serve": {"replicas": 2}}})
     wait_for(
         lambda: [d for d in cluster.items(deployments) if d["spec"]["replicas"] == 2],
+        timeout=120,
         what="the serving Deployment scaled",
     )
     services = f"api/v1/namespaces/{ns}/services"
     cluster.patch_job(ns, "served", {"spec": {"serve": None}})
-    wait_for(lambda: not cluster.items(deployments), what="the serving Deployment deleted")
+    wait_for(
+        lambda: not cluster.items(deployments), timeout=120, what="the serving Deployment deleted"
+    )
     wait_for(
         lambda: not [x for x in cluster.items(services) if x["metadata"]["name"] == "served-serve"],
+        timeout=120,
         what="the serving Service deleted",
     )
 
