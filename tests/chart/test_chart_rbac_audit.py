@@ -104,12 +104,14 @@ def life_of_jobs(cluster: Cluster, node: NodeAgent, ns: str) -> None:
     # (generous deadlines: this runs last, on a loaded machine, after the other jobs' churn)
     cluster.create_job(ns, "served", {"config": CONFIG, "serve": {"replicas": 1}})
     (pod,) = wait_for(
-        lambda: [p for p in cluster.pods(ns, 1) if p["metadata"]["name"].startswith("served-")],
+        lambda: [
+            p for p in cluster.pods(ns, 1, live=True) if p["metadata"]["name"].startswith("served-")
+        ],
         timeout=120,
         what="the served job's worker",
     )
-    kubelet.run(pod)
-    kubelet.finish(pod, 0)
+    node.run(pod)
+    node.finish(pod, 0)
     deployments = f"apis/apps/v1/namespaces/{ns}/deployments"
     wait_for(lambda: cluster.items(deployments), timeout=120, what="the serving Deployment")
     cluster.patch_job(ns, "served", {"spec": {"serve": {"replicas": 2}}})
