@@ -58,6 +58,10 @@ def render(results: dict[str, Any]) -> str:
         out += ["", *_flops(results)]
     if "operator" in results:
         out += ["", *_operator(results["operator"], results["sizes"])]
+    if "serve" in results:
+        from bench.serve_bench import render as render_serve
+
+        out += ["", *render_serve(results["serve"])]
     if results.get("errors"):
         out += ["", "## Failed benches", ""]
         for name, error in results["errors"].items():

@@ -5,7 +5,8 @@
     python -m bench.run --only packing,flops --out /tmp/b
 
 Benches: throughput (1), packing (2), flops (3, shares the throughput rounds),
-operator (4 and 5). Results go to OUT/results.json and OUT/RESULTS.md.
+operator (4 and 5), serve (`finetune serve` vs sequential generate). Results go to
+OUT/results.json and OUT/RESULTS.md; headline keys are merged into OUT/headline.json.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from bench.common import LoadLog, interleave, machine, median, run_worker
 
-BENCHES = ("throughput", "packing", "flops", "operator")
+BENCHES = ("throughput", "packing", "flops", "operator", "serve")
 
 
 @dataclass
@@ -45,6 +46,9 @@ class Sizes:
     resync: float = 5.0
     op_timeout: float = 900.0
     quick: bool = False
+    serve_requests: int = 64
+    serve_max_tokens: int = 32
+    serve_repeats: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,6 +69,9 @@ QUICK = Sizes(
     memory_jobs=3,
     op_timeout=180.0,
     quick=True,
+    serve_requests=8,
+    serve_max_tokens=4,
+    serve_repeats=1,
 )
 
 
@@ -217,6 +224,34 @@ def run_operator(sizes: Sizes, load: LoadLog) -> dict[str, Any]:
     return result
 
 
+def run_serve(sizes: Sizes, threads: int, results: dict[str, Any]) -> None:
+    from bench.serve_bench import summarize
+
+    load = LoadLog()
+    print("serving: finetune serve vs sequential generate", file=sys.stderr, flush=True)
+    args = {
+        "model": sizes.model,
+        "requests": sizes.serve_requests,
+        "max_tokens": sizes.serve_max_tokens,
+        "repeats": sizes.serve_repeats,
+        "threads": threads,
+    }
+    try:
+        load.sample()
+        raw = run_worker("bench.serve_bench", args, timeout=3600)
+        load.sample()
+        results["serve"] = {"args": args, **summarize(raw), "raw": raw, "load": load.summary()}
+    except Exception:  # noqa: BLE001 - one failed bench must not lose the others
+        results["errors"]["serve"] = traceback.format_exc()
+
+
+def merge_headline(path: Path, keys: dict[str, float]) -> None:
+    """bench/headline.json is one flat map shared by every bench: update ours, keep the rest."""
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    current.update(keys)
+    path.write_text(json.dumps(current, indent=1, sort_keys=True) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (seconds)")
@@ -298,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             results["operator"]["load"] = load.summary()
         except Exception:  # noqa: BLE001
             results["errors"]["operator"] = traceback.format_exc()
+    if "serve" in only:
+        run_serve(sizes, args.threads, results)
     results["total_seconds"] = time.monotonic() - started
 
     from bench.report import render
@@ -310,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out / 'RESULTS.md'} and {out / 'results.json'}", file=sys.stderr)
     else:
         print(markdown)
+    if out is not None and "serve" in results:
+        from bench.serve_bench import headline
+
+        merge_headline(out / "headline.json", headline(results["serve"]))
     for name, error in results["errors"].items():
         print(f"bench {name} failed:\n{error}", file=sys.stderr)
     return 1 if results["errors"] else 0

@@ -27,6 +27,7 @@ from finetune_operator.redact import redact
 from finetune_operator.scheduling import pod_group_manifest
 from finetune_operator.spec import RunPolicy
 from finetune_operator.startup import Rejection
+from finetune_operator.serving import serving_name
 
 log = logging.getLogger("finetune_operator.controller")
 
@@ -85,7 +86,15 @@ class Controller:
             url = s.progress_url(pods, int(status.get("attempt") or 0))
             if url is not None:
                 progress = fetch_progress(url, timeout=self.progress_timeout)
+        serving, serving_service = None, None
+        serves = isinstance(spec, dict) and spec.get("serve") or status.get("serving")
+        if status.get("phase") == s.SUCCEEDED and serves:
+            name_ = serving_name(ref)
+            serving = self.kube.get_child("Deployment", namespace, name_)
+            serving_service = self.kube.get_child("Service", namespace, name_)
         return Observed(
+            serving=serving,
+            serving_service=serving_service,
             pods=pods,
             config_map=self.kube.get_child("ConfigMap", namespace, m.config_map_name(ref)),
             service=self.kube.get_child("Service", namespace, m.service_name(ref)),

@@ -140,6 +140,16 @@ def status_schema() -> dict[str, Any]:
                 },
                 "Where rank 0 uploaded the results (spec.output), once the job succeeded.",
             ),
+            "serving": _obj(
+                {
+                    "endpoint": _t("string", "OpenAI API base URL of the Service."),
+                    "model": _t("string", "The `model` name clients send."),
+                    "replicas": _t("integer"),
+                    "readyReplicas": _t("integer"),
+                    "outputsHash": _t("string", "What the replicas serve (rolls on change)."),
+                },
+                "spec.serve's inference replicas, once the job succeeded.",
+            ),
         },
         "Observed state, written by the operator.",
     )

@@ -36,6 +36,8 @@ class Observed:
     pod_group: dict[str, Any] | None = None  # the coscheduling/volcano PodGroup, if any
     rejections: list[st.Rejection] = field(default_factory=list)  # creates refused last cycle
     logs: dict[str, str] = field(default_factory=dict)  # pod name -> last log lines (failed pods)
+    serving: dict[str, Any] | None = None  # spec.serve's Deployment, once created
+    serving_service: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

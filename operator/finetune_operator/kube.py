@@ -42,6 +42,7 @@ class Kube:
 
     def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
         self.core = kubernetes.client.CoreV1Api(api_client)
+        self.apps = kubernetes.client.AppsV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
 
     @classmethod
@@ -90,6 +91,12 @@ class Kube:
                 core.create_namespaced_persistent_volume_claim,
                 core.patch_namespaced_persistent_volume_claim,
                 core.delete_namespaced_persistent_volume_claim,
+            ),
+            "Deployment": (  # spec.serve's inference replicas
+                self.apps.read_namespaced_deployment,
+                self.apps.create_namespaced_deployment,
+                self.apps.patch_namespaced_deployment,
+                self.apps.delete_namespaced_deployment,
             ),
         }
         return table[kind]

@@ -257,12 +257,12 @@ def output_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
 
 
 def spec_hash(spec: FineTuneJobSpec, config_yaml: str) -> str:
-    """Identifies what a gang runs: the spec without runPolicy, and the effective config.
+    """Identifies what a gang runs: the spec without runPolicy and serve, and the effective config.
 
     Operator settings (e.g. its default image) are left out on purpose, so upgrading the
     operator never restarts running jobs; editing the job does.
     """
-    shape = spec.model_dump(mode="json", by_alias=True, exclude={"run_policy", "config"})
+    shape = spec.model_dump(mode="json", by_alias=True, exclude={"run_policy", "config", "serve"})
     payload = json.dumps(shape, sort_keys=True) + "\n" + config_yaml
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

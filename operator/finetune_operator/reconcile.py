@@ -14,6 +14,7 @@ from typing import Any
 from finetune_operator import gang_health as gh
 from finetune_operator import manifests as m
 from finetune_operator import scheduling as g
+from finetune_operator import serving
 from finetune_operator import status as s
 from finetune_operator.cycle import (
     INVALID_SPEC,
@@ -63,6 +64,7 @@ def reconcile(
     if generation is not None:  # every cycle, finished jobs too (GitOps tools wait on it)
         cy.status["observedGeneration"] = generation
     if cy.phase in TERMINAL and not retry_invalid:
+        _serving(cy, settings)
         _finished(cy, _run_policy(job))
         return cy.finish()
     try:
@@ -78,7 +80,35 @@ def reconcile(
         cy.uncond(s.FAILED, "SpecFixed", "The spec is valid again.")
         cy.status["phase"] = s.PENDING
     _active(cy, valid.spec, config_yaml, settings, fresh=retry_invalid)
+    _serving(cy, settings)
     return cy.finish()
+
+
+def _serving(cy: _Cycle, settings: m.PodSettings) -> None:
+    """spec.serve: inference replicas of a Succeeded job (see finetune_operator.serving);
+    removed again when spec.serve is."""
+    raw = cy.job.get("spec")
+    if cy.phase != s.SUCCEEDED:
+        return
+    if not isinstance(raw, dict) or not raw.get("serve"):
+        name = serving.serving_name(cy.ref)
+        if cy.observed.serving is not None:
+            cy.decision.delete.append(ChildRef("Deployment", name))
+        if cy.observed.serving_service is not None:
+            cy.decision.delete.append(ChildRef("Service", name))
+        cy.status.pop("serving", None)
+        return
+    try:
+        spec = validate_job(cy.job).spec
+    except SpecError:
+        return
+    decided = serving.decide(
+        cy.ref, spec, cy.status, cy.observed.serving, cy.observed.serving_service, settings
+    )
+    cy.decision.create += decided.create
+    cy.decision.update += decided.update
+    if decided.status is not None:
+        cy.status["serving"] = decided.status
 
 
 def _run_policy(job: dict[str, Any]) -> RunPolicy:

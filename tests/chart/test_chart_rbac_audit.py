@@ -129,6 +129,38 @@ def life_of_jobs(cluster: Cluster, node: NodeAgent, ns: str) -> None:
         what="legacy finalizer removed",
     )
 
+    # spec.serve: once it succeeded, the inference Deployment + Service; scaling patches the
+    # Deployment; dropping spec.serve deletes both.
+    # (generous deadlines: this runs last, on a loaded machine, after the other jobs' churn)
+    cluster.create_job(ns, "served", {"config": CONFIG, "serve": {"replicas": 1}})
+    (pod,) = wait_for(
+        lambda: [
+            p for p in cluster.pods(ns, 1, live=True) if p["metadata"]["name"].startswith("served-")
+        ],
+        timeout=120,
+        what="the served job's worker",
+    )
+    node.run(pod)
+    node.finish(pod, 0)
+    deployments = f"apis/apps/v1/namespaces/{ns}/deployments"
+    wait_for(lambda: cluster.items(deployments), timeout=120, what="the serving Deployment")
+    cluster.patch_job(ns, "served", {"spec": {"serve": {"replicas": 2}}})
+    wait_for(
+        lambda: [d for d in cluster.items(deployments) if d["spec"]["replicas"] == 2],
+        timeout=120,
+        what="the serving Deployment scaled",
+    )
+    services = f"api/v1/namespaces/{ns}/services"
+    cluster.patch_job(ns, "served", {"spec": {"serve": None}})
+    wait_for(
+        lambda: not cluster.items(deployments), timeout=120, what="the serving Deployment deleted"
+    )
+    wait_for(
+        lambda: not [x for x in cluster.items(services) if x["metadata"]["name"] == "served-serve"],
+        timeout=120,
+        what="the serving Service deleted",
+    )
+
 
 def _pod_named(cluster: Cluster, ns: str, job: str) -> dict[str, Any]:
     """The first worker of `job` (after its PodGroup, if any)."""

@@ -32,10 +32,11 @@ NAMESPACED_NEEDS = {
     ("", "pods/log"): {"get"},
     ("scheduling.x-k8s.io", "podgroups"): {"get", "create"},
     ("scheduling.volcano.sh", "podgroups"): {"get", "create"},
-    ("", "services"): {"get", "create"},
+    ("", "services"): {"get", "create", "delete"},
     ("", "persistentvolumeclaims"): {"get", "create"},
     ("", "configmaps"): {"get", "create", "patch"},
     ("", "events"): {"create"},
+    ("apps", "deployments"): {"get", "create", "patch", "delete"},  # spec.serve's replicas
 }
 CRD_NEEDS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
 NAMESPACE_WATCH_NEEDS = {("", "namespaces"): {"list", "watch"}}

@@ -116,3 +116,22 @@ def ddp_reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     run.node0.check()
     run.node1.check()
     return run
+
+
+# -- Serving (`finetune serve`) -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Any:
+    """A tiny LoRA trained 3 steps and merged: output_dir/{adapter,merged}."""
+    from serve_fixtures import train_outputs
+
+    return train_outputs(tmp_path_factory.mktemp("serve-a"), seed=7, merged=True)
+
+
+@pytest.fixture(scope="session")
+def second_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Any:
+    """Another adapter on the same base (another seed), not merged."""
+    from serve_fixtures import train_outputs
+
+    return train_outputs(tmp_path_factory.mktemp("serve-b"), seed=11, merged=False)

@@ -44,6 +44,14 @@ S3 credentials through secretKeyRef; the operator never reads them), any wildcar
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# spec.serve: the inference Deployment, created once the job succeeded, patched to roll the
+# replicas onto new outputs or rescale, deleted (with its Service) when spec.serve is removed.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["delete"]
 {{- with .Values.rbac.extraRules }}
 {{ toYaml . }}
 {{- end }}
