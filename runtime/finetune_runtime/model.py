@@ -197,6 +197,10 @@ def load_base_model(
     """
     from transformers import AutoModelForCausalLM
 
+    from finetune_runtime.integrity import verify_weights
+
+    if Path(source).is_dir():  # one of our outputs (merged, model) carries a manifest
+        verify_weights(source, required=False)
     quant = config.quantization if quantize else None
     full_finetune = config.adapter == "none"
     dtype = torch.float32 if full_finetune else DTYPES[precision]
