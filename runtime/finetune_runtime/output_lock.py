@@ -11,6 +11,11 @@ run takes it and logs the holder it replaced. On file systems without flock supp
 a holder on this host whose process is gone (or whose pid now belongs to a newer
 process) is stale and replaced; a holder on another host is never presumed dead —
 the error says to delete the lock file once that run is known to be gone.
+
+Waiting: a new attempt of a gang can start while the previous one is still saving
+its last checkpoint, or while an NFS server has not yet noticed a dead client. In a
+pod (or with `$FINETUNE_LOCK_WAIT` seconds set) acquiring waits for a busy lock
+(default 120 s in a pod, 0 elsewhere) before giving up.
 """
 
 from __future__ import annotations
@@ -32,8 +37,22 @@ from finetune_runtime.errors import CheckpointError, LockedError
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".finetune.lock"
+WAIT_ENV = "FINETUNE_LOCK_WAIT"
+POD_WAIT_S = 120.0
 _BUSY = (errno.EACCES, errno.EAGAIN)
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def wait_seconds(env: Any = None) -> float:
+    """$FINETUNE_LOCK_WAIT, else 120 s in a Kubernetes pod and 0 elsewhere."""
+    env = os.environ if env is None else env
+    raw = env.get(WAIT_ENV, "").strip()
+    if raw:
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            raise CheckpointError(f"{WAIT_ENV}={raw!r} is not a number of seconds") from None
+    return POD_WAIT_S if env.get("KUBERNETES_SERVICE_HOST") else 0.0
 
 
 def holder_record() -> dict[str, Any]:
@@ -102,7 +121,22 @@ class OutputDirLock:
         self.path = Path(output_dir) / LOCK_FILE
         self._fd: int | None = None
 
-    def acquire(self) -> OutputDirLock:
+    def acquire(self, wait_s: float = 0.0) -> OutputDirLock:
+        """Take the lock; while another live run holds it, retry for up to `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        announced = False
+        while True:
+            try:
+                return self._acquire_once()
+            except LockedError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                if not announced:
+                    log.warning("%s; waiting up to %.0f s for it to end", exc, wait_s)
+                    announced = True
+                time.sleep(0.5)
+
+    def _acquire_once(self) -> OutputDirLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -87,6 +87,21 @@ def test_a_killed_holders_lock_is_recovered(tmp_path: Path, caplog) -> None:
     assert not (out / LOCK_FILE).exists()  # released cleanly: removed
 
 
+def test_a_new_attempt_waits_for_the_previous_one_to_end(tmp_path: Path) -> None:
+    import threading
+
+    out = tmp_path / "out"
+    holder = _holder(out)
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(OutputDirLock(out).acquire(wait_s=600)))
+    waiter.start()
+    holder.kill()  # the previous attempt ends while the new one waits
+    holder.wait()
+    waiter.join(timeout=600)
+    assert got and isinstance(got[0], OutputDirLock)
+    got[0].release()  # type: ignore[attr-defined]
+
+
 def test_stale_rule_for_file_systems_without_flock() -> None:
     host = socket.gethostname()
     dead = subprocess.run(
@@ -319,3 +334,13 @@ def test_idle_progress_connections_are_closed() -> None:
         with socket.create_connection(("127.0.0.1", server.port)) as idle:
             idle.settimeout(60)  # a safety net only: the server closes it long before
             assert idle.recv(1) == b""  # EOF: the server gave up on the silent client
+
+
+def test_the_mistral_preset_is_qlora_as_described() -> None:
+    from finetune_runtime.presets import render_preset
+
+    text = render_preset("mistral-7b")
+    config = parse_config(text)
+    assert "QLoRA" in text.split("\n\n")[0]
+    assert config.adapter == "qlora" and config.quantization is not None
+    assert config.quantization.bits == 4

@@ -5,6 +5,7 @@ learning rate, a real file-size limit, really flipped bytes)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import resource
@@ -191,7 +192,7 @@ def test_ia3_on_attention_only_trains_and_merges(tmp_path: Path) -> None:
     assert (merge(config) / "config.json").is_file()
 
 
-def test_cli_paths_resume_by_name_and_perplexity(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_cli_paths_resume_by_name_and_perplexity(tmp_path: Path, monkeypatch, caplog) -> None:
     """output_dir is relative to the config file; --resume and --adapter take a checkpoint
     name that is looked up in output_dir, from any working directory."""
     config = tiny_config(
@@ -206,13 +207,13 @@ def test_cli_paths_resume_by_name_and_perplexity(tmp_path: Path, monkeypatch, ca
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
+    caplog.set_level(logging.INFO)
 
     assert main(["train", str(path), "--no-progress-server"]) == 0
     out = tmp_path / "job" / "run"
     summary = read_summary(out)
     assert summary["final_eval_perplexity"] == pytest.approx(math.exp(summary["final_eval_loss"]))
-    logged = capsys.readouterr()
-    assert "eval_perplexity" in logged.out + logged.err
+    assert "eval_perplexity=" in caplog.text
     assert not (elsewhere / "run").exists()
 
     assert main(["train", str(path), "--resume", "checkpoint-1", "--no-progress-server"]) == 0

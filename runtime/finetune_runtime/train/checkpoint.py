@@ -283,7 +283,8 @@ class CheckpointWriter:
         except BaseException as exc:
             if backend.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, OSError):
+            # torch.save and safetensors report a failed write(2) as RuntimeError.
+            if isinstance(exc, OSError | RuntimeError):
                 raise save_error(final, exc, self.output_dir) from exc
             raise
         backend.barrier()
@@ -306,14 +307,16 @@ class CheckpointWriter:
             _remove(old.path)
 
 
-def save_error(target: Path, exc: OSError, output_dir: Path) -> CheckpointError:
+def save_error(target: Path, exc: Exception, output_dir: Path) -> CheckpointError:
     """One line for a failed save, naming what is kept (the partial copy is removed)."""
     previous = latest_checkpoint(output_dir)
     kept = f"{previous.path.name} is kept" if previous else "no earlier checkpoint exists"
-    reason = exc.strerror or str(exc)
+    if isinstance(exc, OSError):
+        reason = (exc.strerror or str(exc)) + (f" ({exc.filename})" if exc.filename else "")
+    else:
+        reason = f"a write failed ({(str(exc).strip().splitlines() or ['?'])[0]})"
     return CheckpointError(
         f"cannot write {target}: {reason}"
-        + (f" ({exc.filename})" if exc.filename else "")
         + f"; nothing partial was left behind and {kept}. Free space or fix permissions, "
         "then rerun to resume"
     )

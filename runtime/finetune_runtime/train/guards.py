@@ -17,7 +17,7 @@ from typing import Any
 from finetune_runtime.config import FineTuneConfig, load_config
 from finetune_runtime.errors import CheckpointError, ConfigError, DivergedError, FinetuneError
 from finetune_runtime.outdir import foreign_weights_dir, probe_write, unsafe_reason
-from finetune_runtime.output_lock import OutputDirLock
+from finetune_runtime.output_lock import OutputDirLock, wait_seconds
 from finetune_runtime.train.resume_check import config_changes
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def claim_output_dir(output_dir: Path, weights_name: str) -> OutputDirLock:
     problem = probe_write(output_dir, create=True)
     if problem:
         raise CheckpointError(f"output_dir: {problem}; fix it before training")
-    lock = OutputDirLock(output_dir).acquire()
+    lock = OutputDirLock(output_dir).acquire(wait_s=wait_seconds())
     try:
         check_not_foreign(output_dir / weights_name)
     except BaseException:
