@@ -138,8 +138,8 @@ def did_you_mean(key: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {guess[0]!r}?" if guess else ""
 
 
-def unknown_key_message(key: str, known: Iterable[str], what: str = "key") -> str:
-    hint = did_you_mean(key, known)
+def unknown_key_message(key: object, known: Iterable[str], what: str = "key") -> str:
+    hint = did_you_mean(str(key), known)
     return f"unknown {what} {key!r}{hint or ''}" + (
         "" if hint else "; see docs/config.md for the supported keys"
     )

@@ -13,9 +13,9 @@ process) is stale and replaced; a holder on another host is never presumed dead 
 the error says to delete the lock file once that run is known to be gone.
 
 Waiting: a new attempt of a gang can start while the previous one is still saving
-its last checkpoint, or while an NFS server has not yet noticed a dead client. In a
-pod (or with `$FINETUNE_LOCK_WAIT` seconds set) acquiring waits for a busy lock
-(default 120 s in a pod, 0 elsewhere) before giving up.
+its last checkpoint, or while an NFS server has not yet noticed a dead client. So in
+a pod or under torchrun, acquiring waits up to 120 s for a busy lock before giving up
+(`$FINETUNE_LOCK_WAIT` seconds overrides; a plain local `finetune train` fails at once).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 def wait_seconds(env: Any = None) -> float:
-    """$FINETUNE_LOCK_WAIT, else 120 s in a Kubernetes pod and 0 elsewhere."""
+    """$FINETUNE_LOCK_WAIT, else 120 s in a Kubernetes pod or under torchrun, 0 otherwise."""
     env = os.environ if env is None else env
     raw = env.get(WAIT_ENV, "").strip()
     if raw:
@@ -52,7 +52,8 @@ def wait_seconds(env: Any = None) -> float:
             return max(0.0, float(raw))
         except ValueError:
             raise CheckpointError(f"{WAIT_ENV}={raw!r} is not a number of seconds") from None
-    return POD_WAIT_S if env.get("KUBERNETES_SERVICE_HOST") else 0.0
+    managed = env.get("KUBERNETES_SERVICE_HOST") or env.get("TORCHELASTIC_RUN_ID")
+    return POD_WAIT_S if managed else 0.0
 
 
 def holder_record() -> dict[str, Any]:

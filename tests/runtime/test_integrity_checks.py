@@ -102,6 +102,15 @@ def test_a_new_attempt_waits_for_the_previous_one_to_end(tmp_path: Path) -> None
     got[0].release()  # type: ignore[attr-defined]
 
 
+def test_lock_wait_defaults() -> None:
+    from finetune_runtime.output_lock import wait_seconds
+
+    assert wait_seconds({}) == 0  # a local `finetune train`: a busy output_dir fails at once
+    assert wait_seconds({"KUBERNETES_SERVICE_HOST": "10.96.0.1"}) == 120
+    assert wait_seconds({"TORCHELASTIC_RUN_ID": "x"}) == 120
+    assert wait_seconds({"FINETUNE_LOCK_WAIT": "5", "KUBERNETES_SERVICE_HOST": "h"}) == 5
+
+
 def test_stale_rule_for_file_systems_without_flock() -> None:
     host = socket.gethostname()
     dead = subprocess.run(

@@ -101,19 +101,25 @@ def test_resume_with_a_changed_config_needs_consent(tmp_path: Path) -> None:
 def test_divergence_stops_with_exit_8_keeps_the_last_good_checkpoint_and_publishes_nothing(
     tmp_path: Path, s3_server, s3_client, s3_bucket, monkeypatch, capsys
 ) -> None:
-    # A learning rate this large drives the real weights to overflow within a few steps.
-    config = tiny_config(
-        tmp_path, training={"max_steps": 8, "save_steps": 1, "learning_rate": 1e38}
-    )
+    # A full fine-tune with plain SGD at this learning rate, unclipped: the real weights
+    # overflow within a few steps (NaN loss or gradients, or Inf weights, whichever first).
+    settings = {
+        "max_steps": 8,
+        "save_steps": 1,
+        "learning_rate": 1e30,
+        "optimizer": "sgd",
+        "max_grad_norm": None,
+    }
+    config = tiny_config(tmp_path, adapter="none", training=settings)
     path = tmp_path / "job.yaml"
     path.write_text(config.to_yaml())
     monkeypatch.setenv("FINETUNE_OUTPUT_ENDPOINT_URL", s3_server.endpoint_url)
-    code = main(["train", str(path), "--output-uri", f"s3://{s3_bucket}/run", "--merge"])
+    code = main(["train", str(path), "--output-uri", f"s3://{s3_bucket}/run"])
     assert code == errors.EXIT_DIVERGED
     err = capsys.readouterr().err
     assert "training diverged" in err and "at step" in err
     out = Path(config.output_dir)
-    assert not (out / "adapter").exists()
+    assert not (out / "model").exists() and not (out / "adapter").exists()
     assert read_summary(out)["status"] == "diverged"
     saved = list_checkpoints(out)
     assert saved, "the steps before the divergence were checkpointed"
