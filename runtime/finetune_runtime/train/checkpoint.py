@@ -117,6 +117,21 @@ def resolve_resume(output_dir: Path, explicit: str | None, auto: bool) -> Path |
     return None
 
 
+def agreed_resume(
+    backend: Backend, output_dir: Path, explicit: str | None, auto: bool
+) -> Path | None:
+    """resolve_resume for a whole process group: rank 0 verifies the candidates (hashing
+    them once, not once per rank) and every rank gets its choice."""
+    if explicit:
+        return resolve_resume(output_dir, explicit, auto)
+    chosen = -1
+    if backend.is_main:
+        path = resolve_resume(output_dir, None, auto)
+        chosen = int(path.name[len(PREFIX) :]) if path is not None else -1
+    step = int(backend.all_reduce_sum(chosen + 1 if backend.is_main else 0)) - 1
+    return None if step < 0 else output_dir / f"{PREFIX}{step}"
+
+
 def explicit_checkpoint(output_dir: Path, explicit: str) -> Path:
     """`explicit` as a path; a relative one that is not in the cwd is looked up in output_dir."""
     path = Path(explicit).expanduser()

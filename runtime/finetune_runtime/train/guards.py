@@ -98,3 +98,11 @@ def nonfinite_parameters(model: Any) -> list[str]:
             if param.requires_grad and param.numel() and not torch.isfinite(param).all():
                 bad.append(name)
     return bad
+
+
+def check_weights_finite(backend: Any, step: int) -> None:
+    """Raise DivergedError on every rank when any rank holds a NaN/Inf trainable weight."""
+    bad = nonfinite_parameters(backend.unwrap())
+    if backend.all_reduce_sum(float(len(bad))) > 0:
+        name = bad[0] if bad else "(on another rank)"
+        raise DivergedError(diverged_message(f"parameter {name}", "not finite", step))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -33,11 +32,11 @@ from finetune_runtime.train import guards
 from finetune_runtime.train.backend import Backend, closing, create_backend
 from finetune_runtime.train.checkpoint import (
     CheckpointWriter,
+    agreed_resume,
     load_rng,
     replace_dir,
-    resolve_resume,
 )
-from finetune_runtime.train.console import StepDisplay, format_metrics
+from finetune_runtime.train.console import StepDisplay, eval_line, format_metrics, perplexity
 from finetune_runtime.train.optim import build_optimizer, build_scheduler
 from finetune_runtime.train.plan import TrainingPlan, make_plan
 from finetune_runtime.train.signals import GracefulStop
@@ -309,24 +308,13 @@ class Trainer:
                 backend.device,
             )
 
-    def _resume_path(self) -> Path | None:
-        """Rank 0 verifies candidates (falling back past corrupted ones); all ranks agree."""
+    def _resume(self) -> int:
         training, options = self.config.training, self.options
         auto = training.auto_resume if options.resume is None else options.resume
         explicit = None
         if options.resume is not False:
             explicit = options.resume_from or training.resume_from_checkpoint
-        if explicit:
-            return resolve_resume(self.output_dir, explicit, auto)
-        chosen = -1
-        if self.backend.is_main:
-            path = resolve_resume(self.output_dir, None, auto)
-            chosen = int(path.name.rsplit("-", 1)[1]) if path is not None else -1
-        step = int(self.backend.all_reduce_sum(chosen + 1 if self.backend.is_main else 0)) - 1
-        return None if step < 0 else self.output_dir / f"checkpoint-{step}"
-
-    def _resume(self) -> int:
-        path = self._resume_path()
+        path = agreed_resume(self.backend, self.output_dir, explicit, auto)
         if path is not None:
             guards.check_resume_config(path, self.config, self.options.resume_with_changes)
         if path is None:
@@ -411,18 +399,8 @@ class Trainer:
     def _weights_name(self) -> str:
         return MODEL_DIR if self.config.adapter == "none" else ADAPTER_DIR
 
-    def _check_weights_finite(self) -> None:
-        """Never save (or publish) NaN/Inf weights; every rank agrees."""
-        bad = guards.nonfinite_parameters(self.backend.unwrap())
-        if self.backend.all_reduce_sum(float(len(bad))) > 0:
-            raise DivergedError(
-                guards.diverged_message(
-                    f"parameter {bad[0] if bad else '(another rank)'}", "not finite", self.step
-                )
-            )
-
     def save_checkpoint(self) -> Path:
-        self._check_weights_finite()
+        guards.check_weights_finite(self.backend, self.step)  # never save NaN/Inf weights
         self.reporter.set_state("saving", f"checkpoint at step {self.step}")
         state = self.client_state()
         # Full fine-tunes already keep every weight in the training state: do not write
@@ -669,21 +647,6 @@ class Trainer:
                 shutil.rmtree(tmp, ignore_errors=True)
         self.backend.barrier()
         return final
-
-
-def perplexity(loss: float) -> float:
-    """exp(loss), inf when that overflows (JSON-safe as a float)."""
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return float("inf")
-
-
-def eval_line(step: int, loss: float | None) -> str:
-    shown = {"step": step, "eval_loss": loss}
-    if loss is not None:
-        shown["eval_perplexity"] = perplexity(loss)
-    return format_metrics(shown)
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
