@@ -4,10 +4,13 @@ Axolotl configs are flat (`lora_r`, `micro_batch_size`, `datasets[].type`, ...).
 `normalize` maps every key we understand onto the canonical nested form and
 remembers, for each canonical location, the key the user wrote, so a validation
 error on `lora.r` is reported as `lora_r` at its line. Keys that only steer
-axolotl's own integrations (wandb, plugins, kernels, ...) are ignored with a
-warning rather than an error: a real axolotl config should validate as-is.
-Settings whose meaning we cannot honour (RL trainers, unknown prompt formats,
-unknown optimizers) are errors, never silently changed.
+axolotl's own integrations (wandb, plugins, kernels, ...) are on an explicit
+allow-list (`finetune_runtime.axolotl_keys`) and ignored with a warning naming
+each; any other unknown key is an error with a did-you-mean, so `lerning_rate`
+never trains with the default. A setting given twice (flat and nested) with
+different values, or bf16 and fp16 both on, is an error. Settings whose meaning
+we cannot honour (RL trainers, unknown prompt formats, unknown optimizers) are
+errors, never silently changed.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_runtime.errors import ConfigIssue
+from finetune_runtime.axolotl_keys import (
+    IGNORED_DATASET_KEYS,
+    IGNORED_KEYS,
+    is_empty,
+    unknown_key_message,
+)
+from finetune_runtime.errors import ConfigIssue, format_path
 
 Loc = tuple[str | int, ...]
 
@@ -149,25 +158,34 @@ SCHEDULER_MAP = {
     "warmup_stable_decay": "warmup_stable_decay",
 }
 
-# Ignored silently: they only affect axolotl's logging/hub/bookkeeping.
-QUIET_KEYS_PREFIXES = ("wandb_", "mlflow_", "comet_", "swanlab_", "trackio_", "hub_", "hf_")
-QUIET_KEYS = {
-    "model_type",
-    "tokenizer_type",
-    "base_model_config",
-    "strict",
-    "dataset_prepared_path",
-    "lora_model_dir",
-    "debug",
-    "push_dataset_to_hub",
-    "use_wandb",
-    "use_tensorboard",
-    "tf32",
-    "local_rank",
-    "special_tokens",
-    "eot_tokens",
-    "tokens",
+# Flat keys translated by the functions below (besides SCALAR_MAP and the schema's own).
+COMBINED_KEYS = {
+    "load_in_4bit",
+    "load_in_8bit",
+    "bnb_config_kwargs",
+    "bf16",
+    "fp16",
+    "lora_target_linear",
+    "peft_use_dora",
+    "val_set_size",
+    "optimizer",
+    "lr_scheduler",
+    "rl",
+    "fsdp",
+    "fsdp_config",
+    "pretraining_dataset",
 }
+
+
+def top_level_fields() -> set[str]:
+    """The canonical schema's top-level keys (read from the model: new fields count)."""
+    from finetune_runtime.config import FineTuneConfig
+
+    return set(FineTuneConfig.model_fields)
+
+
+def known_flat_keys() -> set[str]:
+    return SHARED_TOP_LEVEL | set(SCALAR_MAP) | COMBINED_KEYS | top_level_fields()
 
 
 @dataclass
@@ -211,24 +229,44 @@ def normalize(raw: dict[str, Any]) -> Normalized:
     return out
 
 
-def _set(out: Normalized, loc: Loc, value: Any, written_as: Loc) -> None:
+def _set(out: Normalized, loc: Loc, value: Any, written_as: Loc, check: bool = True) -> None:
+    """Put `value` at canonical `loc`; a different value already there from another key
+    the user wrote (`learning_rate` and `training.learning_rate`) is an error."""
     node: dict[str, Any] = out.data
     for part in loc[:-1]:
         child = node.setdefault(str(part), {})
         if not isinstance(child, dict):
             return
         node = child
-    node[str(loc[-1])] = value
+    key = str(loc[-1])
+    before = out.origins.get(loc)
+    if check and key in node and before not in (None, written_as) and node[key] != value:
+        out.issues.append(
+            ConfigIssue.at(
+                written_as,
+                f"conflicts with {format_path(before)} ({node[key]!r} there, {value!r} here): "
+                "give the setting once",
+            )
+        )
+        return
+    node[key] = value
     out.origins[loc] = written_as
 
 
 def _normalize_flat(raw: dict[str, Any], out: Normalized) -> None:
     ignored: list[str] = []
+    known = known_flat_keys()
     for key, value in raw.items():
+        if key not in known:
+            if key in IGNORED_KEYS or is_empty(value):
+                ignored.append(key)
+            else:
+                out.issues.append(ConfigIssue.at((key,), unknown_key_message(key, known)))
+            continue
         value = _axolotl_value(key, value, out)
         if value is None and key != "datasets":
             continue  # axolotl writes `key:` (null) for "use the default"
-        if key in SHARED_TOP_LEVEL:
+        if key in SHARED_TOP_LEVEL or key in top_level_fields():
             if key in ("lora", "quantization", "training") and isinstance(value, dict):
                 for sub, subvalue in value.items():
                     _set(out, (key, sub), subvalue, (key, sub))
@@ -264,12 +302,6 @@ def _normalize_flat(raw: dict[str, Any], out: Normalized) -> None:
                 f"{key}: FSDP is not used by finetune-operator; sharding comes from `deepspeed` "
                 "(e.g. deepspeed: zero3). Training runs with DDP unless deepspeed is set."
             )
-        elif key == "pretraining_dataset":
-            continue  # mapped with the datasets
-        elif key in QUIET_KEYS or key.startswith(QUIET_KEYS_PREFIXES) or value in ("", [], {}):
-            continue
-        else:
-            ignored.append(key)
     if ignored:
         out.warnings.append(
             "ignored axolotl keys with no effect here: " + ", ".join(sorted(ignored))
@@ -346,8 +378,8 @@ def _map_adapter(raw: dict[str, Any], out: Normalized) -> None:
             )
         adapter = "dora" if adapter == "lora" else adapter
     _set(out, ("adapter",), adapter, ("adapter",))
-    if raw.get("lora_target_linear"):
-        _set(out, ("lora", "target_modules"), "all-linear", ("lora_target_linear",))
+    if raw.get("lora_target_linear"):  # as in axolotl: it wins over lora_target_modules
+        _set(out, ("lora", "target_modules"), "all-linear", ("lora_target_linear",), check=False)
 
 
 def _map_quantization(raw: dict[str, Any], out: Normalized) -> None:
@@ -376,7 +408,14 @@ def _map_quantization(raw: dict[str, Any], out: Normalized) -> None:
 
 def _map_precision(raw: dict[str, Any], out: Normalized) -> None:
     bf16, fp16 = raw.get("bf16"), raw.get("fp16")
-    if bf16 == "auto" or (bf16 is None and fp16 is None):
+    if bf16 is None and fp16 is None:
+        return  # the schema's default (or training.precision as written)
+    if _on(bf16) and _on(fp16):
+        out.issues.append(
+            ConfigIssue.at(("fp16",), f"bf16 ({bf16}) and fp16 ({fp16}) are both on: choose one")
+        )
+        return
+    if bf16 == "auto":
         precision, written = "auto", ("bf16",)
     elif bf16 is True or str(bf16).lower() == "true":
         precision, written = "bf16", ("bf16",)
@@ -385,6 +424,10 @@ def _map_precision(raw: dict[str, Any], out: Normalized) -> None:
     else:
         precision, written = "fp32", ("bf16",)
     _set(out, ("training", "precision"), precision, written)
+
+
+def _on(value: Any) -> bool:
+    return value is True or str(value).lower() in ("true", "auto")
 
 
 def _map_datasets(raw: dict[str, Any], out: Normalized) -> None:
@@ -427,36 +470,38 @@ _DATASET_KEYS = {
     "field_system": "field_system",
     "system_prompt": "system_prompt",
 }
-_DATASET_CANONICAL = {
-    "path",
-    "format",
-    "splits",
-    "prompt_style",
-    "field_messages",
-    "role_field",
-    "content_field",
-    "roles_to_train",
-    "chat_template",
-    "field_text",
-    "field_instruction",
-    "field_input",
-    "field_output",
-    "field_system",
-    "system_prompt",
-    "prompt_format",
-    "no_input_format",
-}
+_DATASET_TRANSLATED = {"type", "format", "message_property_mappings", "roles"}
+
+
+def dataset_fields() -> set[str]:
+    """The canonical dataset keys (read from the model: new fields count)."""
+    from finetune_runtime.config import DatasetSettings
+
+    return set(DatasetSettings.model_fields)
 
 
 def _map_dataset(entry: dict[str, Any], i: int, out: Normalized) -> dict[str, Any]:
     ds: dict[str, Any] = {}
     here: Loc = ("datasets", i)
+    canonical = dataset_fields()
+    known = canonical | set(_DATASET_KEYS) | _DATASET_TRANSLATED
+    ignored = []
     for key, value in entry.items():
         if key in _DATASET_KEYS and value is not None:
             ds[_DATASET_KEYS[key]] = value
             out.origins[here + (_DATASET_KEYS[key],)] = here + (key,)
-        elif key in _DATASET_CANONICAL and key != "format":
+        elif key in canonical and key != "format":
             ds[key] = value
+        elif key not in known:
+            if key in IGNORED_DATASET_KEYS or is_empty(value):
+                ignored.append(key)
+            else:
+                message = unknown_key_message(key, known, "dataset key")
+                out.issues.append(ConfigIssue.at(here + (key,), message))
+    if ignored:
+        out.warnings.append(
+            f"datasets[{i}]: ignored axolotl keys with no effect here: {', '.join(sorted(ignored))}"
+        )
     mappings = entry.get("message_property_mappings")
     if isinstance(mappings, dict):
         if "role" in mappings:

@@ -9,6 +9,7 @@ Command modules import heavy libraries (torch, transformers) inside `func`, so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -17,9 +18,14 @@ import sys
 from rich.console import Console
 
 from finetune_runtime import __version__
-from finetune_runtime.errors import FinetuneError
+from finetune_runtime.errors import EXIT_INTERRUPTED, FinetuneError
 
 COMMANDS = ("validate", "init", "train", "merge", "fetch", "launch", "run", "serve")
+# Set by `finetune launch`: a trainer failing with a FinetuneError writes its exit code here,
+# so the launcher reports it instead of torchrun's generic 1 (exit codes: errors.EXIT_*).
+EXIT_FILE_ENV = "FINETUNE_EXIT_FILE"
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -58,13 +64,41 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:  # credentials never reach a log line
         handler.addFilter(RedactingFilter())
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
+        return code
     except FinetuneError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        record_exit_code(exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`finetune validate --json | head`): not an error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def record_exit_code(code: int) -> None:
+    path = os.environ.get(EXIT_FILE_ENV)
+    if not path:
+        return
+    with contextlib.suppress(OSError):
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(f"{code}\n")
+        os.replace(tmp, path)
+
+
+def recorded_exit_code(path: str) -> int | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 if __name__ == "__main__":

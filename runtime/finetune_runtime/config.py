@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -352,9 +353,15 @@ def parse_config(data: str | dict[str, Any], source: str = "<config>") -> FineTu
 
 
 def parse_config_with_warnings(
-    data: str | dict[str, Any], source: str = "<config>"
+    data: str | dict[str, Any],
+    source: str = "<config>",
+    extra_rules: Callable[[FineTuneConfig], list[Rule]] | None = None,
 ) -> tuple[FineTuneConfig, list[str]]:
-    """Like parse_config, also returning warnings (e.g. axolotl keys that are ignored)."""
+    """Like parse_config, also returning warnings (e.g. axolotl keys that are ignored).
+
+    `extra_rules` adds checks of a valid config (e.g. that referenced files exist), reported
+    like the schema's own: at the key the user wrote, with its line.
+    """
     from finetune_runtime.axolotl import normalize
 
     if isinstance(data, str):
@@ -378,7 +385,10 @@ def parse_config_with_warnings(
     except ValidationError as exc:
         issues.extend(_issues_from_validation(exc, normalized.origin))
     else:
-        for loc, message in cross_field_rules(config):
+        rules = cross_field_rules(config)
+        if extra_rules is not None and not rules:
+            rules = extra_rules(config)
+        for loc, message in rules:
             issues.append(ConfigIssue.at(normalized.origin(loc), message))
     if issues:
         for issue in issues:

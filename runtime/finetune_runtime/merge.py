@@ -3,6 +3,11 @@
 The base is loaded unquantized (even after QLoRA: merging into 4-bit weights
 would round the update away), the adapter applied with peft and
 `merge_and_unload`ed, and the result saved as safetensors with the tokenizer.
+
+Integrity: the adapter's SHA-256 manifest is verified first; its recorded identity
+must name this base model and architecture, and a base that already contains this
+adapter (a merged output used as base_model) is refused. The merged directory gets
+its own manifest recording the adapters folded into it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ from typing import Any
 import torch
 
 from finetune_runtime.config import FineTuneConfig, check_safe_path
-from finetune_runtime.errors import ConfigError, ModelError
+from finetune_runtime.errors import ConfigError, IntegrityError, ModelError
+from finetune_runtime.integrity import (
+    architecture_of,
+    identity_of,
+    manifest_id,
+    verify_weights,
+    write_manifest,
+)
 from finetune_runtime.train.checkpoint import replace_dir
 
 log = logging.getLogger(__name__)
@@ -34,7 +46,10 @@ def find_adapter(config: FineTuneConfig, adapter: str | Path | None) -> Path:
             "nothing to merge: adapter is 'none' (a full fine-tune), whose weights are already "
             f"a complete model in {Path(config.output_dir) / 'model'}"
         )
-    path = Path(adapter) if adapter else Path(config.output_dir) / "adapter"
+    output_dir = Path(config.output_dir)
+    path = Path(adapter) if adapter else output_dir / "adapter"
+    if adapter and not path.is_absolute() and not path.exists() and (output_dir / path).exists():
+        path = output_dir / path  # `--adapter checkpoint-40` means the one in output_dir
     if not (path / ADAPTER_CONFIG).is_file() and (path / "adapter" / ADAPTER_CONFIG).is_file():
         path = path / "adapter"  # a checkpoint-<step> directory
     if not (path / ADAPTER_CONFIG).is_file():
@@ -57,6 +72,7 @@ def load_merged(
     from finetune_runtime.model import load_tokenizer, resolve_model_source
 
     source = resolve_model_source(config.base_model, base_dir)
+    identity = check_adapter_identity(config, adapter_dir, source)
     if (adapter_dir / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     else:
@@ -68,6 +84,7 @@ def load_merged(
         )
     except OSError as exc:
         raise ModelError(f"cannot load base_model {config.base_model!r} to merge: {exc}") from exc
+    check_architecture(identity, architecture_of(base.config), adapter_dir, config.base_model)
     if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer))
     try:
@@ -79,6 +96,44 @@ def load_merged(
     merged = model.merge_and_unload()
     merged.eval()
     return merged, tokenizer
+
+
+def check_adapter_identity(config: FineTuneConfig, adapter_dir: Path, source: str) -> dict:
+    """Verify the adapter's manifest and that it belongs to this base; returns its identity."""
+    if verify_weights(adapter_dir, required=False) is None:
+        log.warning("%s has no manifest (not written by finetune): not verified", adapter_dir)
+        return {}
+    base = Path(source)
+    if base.is_dir():
+        verify_weights(base, required=False)
+        if manifest_id(adapter_dir) in identity_of(base).get("merged_adapters", []):
+            raise IntegrityError(
+                f"base_model {config.base_model!r} already contains adapter {adapter_dir} (it is "
+                "a merge output of it); merging twice would apply the update twice: merge into "
+                "the original base model"
+            )
+    identity = identity_of(adapter_dir)
+    trained_on = identity.get("base_model")
+    if trained_on is not None and trained_on != config.base_model:
+        raise IntegrityError(
+            f"adapter {adapter_dir} was trained on base_model {trained_on!r}, not "
+            f"{config.base_model!r}; merge it with the config it was trained with"
+        )
+    return identity
+
+
+def check_architecture(identity: dict, actual: dict, adapter_dir: Path, base_model: str) -> None:
+    recorded = identity.get("base_architecture") or {}
+    differs = [
+        f"{key} {recorded[key]} → {actual.get(key)}"
+        for key in sorted(recorded)
+        if key in actual and actual[key] != recorded[key]
+    ]
+    if differs:
+        raise IntegrityError(
+            f"adapter {adapter_dir} was trained on a base of another shape than "
+            f"{base_model!r} ({', '.join(differs)}); merge it into the model it was trained on"
+        )
 
 
 def merge(
@@ -113,8 +168,18 @@ def merge(
     try:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_manifest(tmp, merged_identity(config, adapter_dir))
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("merged %s into %s -> %s", adapter_dir, config.base_model, out)
     return out
+
+
+def merged_identity(config: FineTuneConfig, adapter_dir: Path) -> dict:
+    adapter_id = manifest_id(adapter_dir)
+    return {
+        "kind": MERGED_DIR,
+        "base_model": config.base_model,
+        "merged_adapters": [adapter_id] if adapter_id else [],
+    }

@@ -197,6 +197,10 @@ def load_base_model(
     """
     from transformers import AutoModelForCausalLM
 
+    from finetune_runtime.integrity import verify_weights
+
+    if Path(source).is_dir():  # one of our outputs (merged, model) carries a manifest
+        verify_weights(source, required=False)
     quant = config.quantization if quantize else None
     full_finetune = config.adapter == "none"
     dtype = torch.float32 if full_finetune else DTYPES[precision]
@@ -346,7 +350,10 @@ def _ia3_feedforward(model: Any, targets: list[str] | str | None) -> list[str] |
     if not isinstance(targets, list):
         return None  # peft's own defaults (None) or all-linear/regex: no feed-forward split
     known = TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model.config.model_type, [])
-    return [t for t in targets if t in known] or None
+    # An empty list, not None: None makes peft fill in its default feed-forward layers,
+    # which attention-only targets do not contain, and the saved adapter then cannot be
+    # loaded (or merged) again.
+    return [t for t in targets if t in known]
 
 
 def apply_adapter(config: FineTuneConfig, model: Any, total_steps: int) -> Any:

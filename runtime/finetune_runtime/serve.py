@@ -23,6 +23,9 @@ from finetune_runtime.reporting import ProgressReporter
 
 PORT_ENV = "FINETUNE_PROGRESS_PORT"
 HEALTH_PATH = "/healthz"
+# A connection that sends nothing for this long is closed: an idle keep-alive (or a
+# client that never sends its request) must not hold a server thread forever.
+IDLE_TIMEOUT_S = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,11 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "finetune-progress"
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        # A socket timeout: a read that waits longer fails, the handler thread ends.
+        self.request.settimeout(self.server.idle_timeout)
+        super().setup()
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
         self._respond(send_body=True)
@@ -90,8 +98,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], reporter: ProgressReporter) -> None:
+    def __init__(
+        self, address: tuple[str, int], reporter: ProgressReporter, idle_timeout: float
+    ) -> None:
         self.reporter = reporter
+        self.idle_timeout = idle_timeout
         super().__init__(address, _Handler)
 
 
@@ -99,10 +110,15 @@ class ProgressServer:
     """Serve a `ProgressReporter` over HTTP until `stop()`; usable as a context manager."""
 
     def __init__(
-        self, reporter: ProgressReporter, host: str = "0.0.0.0", port: int | None = None
+        self,
+        reporter: ProgressReporter,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        idle_timeout: float = IDLE_TIMEOUT_S,
     ) -> None:
         self.reporter = reporter
         self.host = host
+        self.idle_timeout = idle_timeout
         self._requested_port = port_from_env() if port is None else port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -123,7 +139,9 @@ class ProgressServer:
         if self._server is not None:
             return self
         try:
-            self._server = _Server((self.host, self._requested_port), self.reporter)
+            self._server = _Server(
+                (self.host, self._requested_port), self.reporter, self.idle_timeout
+            )
         except OSError as exc:
             raise OSError(
                 exc.errno,

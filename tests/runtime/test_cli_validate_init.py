@@ -131,12 +131,14 @@ def test_validate_prints_axolotl_warnings(tmp_path, capsys):
     assert any("flash_attention" in w for w in result["warnings"])
 
 
-def test_validate_notes_a_missing_dataset_without_failing(tmp_path, capsys):
+def test_validate_reports_a_missing_dataset_as_an_error(tmp_path, capsys):
+    """Training would fail on it: validate says so (exit 2), at the field and line."""
     config = write(tmp_path, VALID.format(path="data/train.jsonl"))
     code, result = run_json(capsys, str(config))
-    assert code == 0
-    assert "dataset file not found" in result["summary"]["datasets"][0]["resolved"]
-    assert result["summary"]["total_steps"] is None
+    assert code == 2 and not result["valid"]
+    (issue,) = result["issues"]
+    assert issue["field"] == "datasets[0].path" and issue["line"] == 4
+    assert "dataset file not found" in issue["message"]
 
 
 def test_check_data_tokenizes_and_reports_stats(tmp_path, capsys):

@@ -125,6 +125,9 @@ def test_progress_host_from_flag_or_environment(monkeypatch: pytest.MonkeyPatch)
 
     parser = build_parser()
     monkeypatch.delenv("FINETUNE_PROGRESS_HOST", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # a laptop: loopback only
+    assert train_options(parser.parse_args(["train", "c.yaml"]), None).progress_host == "127.0.0.1"
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # a pod: every interface
     assert train_options(parser.parse_args(["train", "c.yaml"]), None).progress_host == "0.0.0.0"
     monkeypatch.setenv("FINETUNE_PROGRESS_HOST", "127.0.0.7")
     assert train_options(parser.parse_args(["train", "c.yaml"]), None).progress_host == "127.0.0.7"

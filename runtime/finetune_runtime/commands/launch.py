@@ -116,7 +116,24 @@ def run(args: argparse.Namespace) -> int:
             wait_for_master(plan.master_addr, plan.master_port, timeout)
         else:
             wait_for_master(plan.master_addr, plan.master_port, timeout, probe_fn=resolves)
-    return supervise(command, env)
+    return supervise_recording_exit(command, env)
+
+
+def supervise_recording_exit(command: list[str], env: Mapping[str, str]) -> int:
+    """supervise(), returning a trainer's own exit code (e.g. 8, diverged) rather than
+    torchrun's generic 1: the trainers record theirs in $FINETUNE_EXIT_FILE."""
+    import tempfile
+
+    from finetune_runtime.cli import EXIT_FILE_ENV, recorded_exit_code
+
+    with tempfile.TemporaryDirectory(prefix="finetune-launch-") as tmp:
+        exit_file = os.path.join(tmp, "exit-code")
+        code = supervise(command, {**env, EXIT_FILE_ENV: exit_file})
+        recorded = recorded_exit_code(exit_file)
+    if code not in (0, 143) and recorded is not None:
+        log.info("a trainer exited with %d: reporting that code", recorded)
+        return recorded
+    return code
 
 
 def check_config(path: str, world_size: int) -> None:

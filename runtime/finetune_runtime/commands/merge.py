@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("config", help="the training config the adapter was trained with")
     parser.add_argument(
-        "--adapter", help="adapter directory or checkpoint-<step> (default: OUTPUT_DIR/adapter)"
+        "--adapter",
+        help="adapter directory, or checkpoint-<step> (looked up in OUTPUT_DIR when not in the "
+        "working directory); default: OUTPUT_DIR/adapter",
     )
     parser.add_argument(
         "--output", help="where to write the merged model (default: OUTPUT_DIR/merged)"
@@ -30,13 +32,18 @@ def main(args: argparse.Namespace) -> int:
 
     from finetune_runtime.config import load_config
     from finetune_runtime.merge import merge
+    from finetune_runtime.outdir import resolve_output_dir
 
     config = load_config(args.config)
+    base_dir = Path(args.config).resolve().parent
+    config = config.model_copy(
+        update={"output_dir": resolve_output_dir(config.output_dir, base_dir)}
+    )
     out = merge(
         config,
         adapter=args.adapter,
         output=args.output,
-        base_dir=Path(args.config).resolve().parent,
+        base_dir=base_dir,
         precision=args.dtype,
     )
     Console(highlight=False).print(f"merged model written to [bold]{out}[/]")

@@ -12,16 +12,36 @@ PROGRESS_HOST_ENV = "FINETUNE_PROGRESS_HOST"
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by `train` and `run`."""
-    parser.add_argument("--output-dir", help="override output_dir from the config")
+    parser.add_argument(
+        "--output-dir",
+        help="override output_dir from the config (relative to the working directory; a "
+        "relative output_dir in the config is relative to the config file)",
+    )
     parser.add_argument(
         "--max-steps", type=int, help="stop after this many optimizer steps (overrides epochs)"
     )
     parser.add_argument(
         "--resume",
-        action=argparse.BooleanOptionalAction,
+        nargs="?",
+        const=True,
         default=None,
-        help="resume from the newest complete checkpoint in output_dir "
+        metavar="CHECKPOINT",
+        help="resume from CHECKPOINT (a checkpoint-<step> name in output_dir, or a path), or "
+        "without it from the newest intact checkpoint in output_dir "
         "(default: training.auto_resume)",
+    )
+    parser.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_const",
+        const=False,
+        help="start afresh even if output_dir holds checkpoints",
+    )
+    parser.add_argument(
+        "--resume-with-changes",
+        action="store_true",
+        help="resume even though the config differs from the checkpoint's in settings that "
+        "change the result (they are listed in the log)",
     )
 
 
@@ -34,7 +54,8 @@ def add_progress_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--progress-host",
-        help=f"address the progress endpoint binds (default: ${PROGRESS_HOST_ENV} or 0.0.0.0)",
+        help=f"address the progress endpoint binds (default: ${PROGRESS_HOST_ENV}, else "
+        "0.0.0.0 in a Kubernetes pod and 127.0.0.1 elsewhere)",
     )
     parser.add_argument(
         "--no-progress-server",
@@ -49,8 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="fine-tune from a config (one process, or one rank under torchrun)",
         description="Validate CONFIG, load the model and data, and train. Resumes from the "
-        "newest complete checkpoint in output_dir unless --no-resume. Exits 143 after "
-        "checkpointing when stopped by SIGTERM/SIGINT.",
+        "newest intact checkpoint in output_dir unless --no-resume. Exit codes: 0 done, "
+        "2 config, 3 dataset, 4 model, 5 checkpoint/output_dir, 6 upload, 8 diverged "
+        "(NaN/Inf), 9 weights failed verification, 10 output_dir locked by another run, "
+        "143 stopped by SIGTERM/SIGINT after checkpointing (see docs/reliability.md).",
     )
     parser.add_argument("config", help="training config (YAML or JSON)")
     add_run_arguments(parser)
@@ -89,8 +112,13 @@ def load_with_overrides(args: argparse.Namespace) -> Any:
     """The config file with --output-dir applied, validated like the file itself."""
     from finetune_runtime.config import check_safe_path, load_config
     from finetune_runtime.errors import ConfigError
+    from finetune_runtime.outdir import resolve_output_dir
 
     config = load_config(args.config)
+    base_dir = Path(args.config).resolve().parent
+    config = config.model_copy(
+        update={"output_dir": resolve_output_dir(config.output_dir, base_dir)}
+    )
     if args.output_dir:
         try:
             output_dir = check_safe_path(args.output_dir)
@@ -102,18 +130,27 @@ def load_with_overrides(args: argparse.Namespace) -> Any:
     return config
 
 
+def default_progress_host(env: Any = None) -> str:
+    """Every interface in a pod (the operator polls the pod IP), loopback on a laptop."""
+    env = os.environ if env is None else env
+    return "0.0.0.0" if env.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1"
+
+
 def train_options(args: argparse.Namespace, base_dir: Path | None) -> Any:
     from finetune_runtime.train.loop import TrainOptions
 
+    resume = args.resume
     return TrainOptions(
         base_dir=base_dir,
         max_steps=args.max_steps,
-        resume=args.resume,
+        resume=True if isinstance(resume, str) else resume,
+        resume_from=resume if isinstance(resume, str) else None,
+        resume_with_changes=getattr(args, "resume_with_changes", False),
         serve_progress=getattr(args, "progress_server", False),
         progress_port=getattr(args, "progress_port", None),
         progress_host=getattr(args, "progress_host", None)
         or os.environ.get(PROGRESS_HOST_ENV, "").strip()
-        or "0.0.0.0",
+        or default_progress_host(),
     )
 
 

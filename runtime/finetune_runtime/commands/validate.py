@@ -1,5 +1,9 @@
 """`finetune validate CONFIG`: check a config (and optionally its data) before training.
 
+Besides the schema, it checks what the config points at (finetune_runtime.preflight):
+a missing local dataset, DeepSpeed JSON or model directory, or an unusable output_dir
+is an error (exit 2) at its field and line.
+
 Exit codes: 0 valid, 2 invalid config, 3 bad dataset (with --check-data), 4 the
 tokenizer needed for --check-data cannot be loaded.
 """
@@ -66,8 +70,13 @@ def run(args: argparse.Namespace) -> int:
     if world_size < 1:
         raise FinetuneError("--world-size must be at least 1")
     result: dict[str, Any] = {"config": source, "valid": False, "warnings": [], "issues": []}
+    from finetune_runtime.preflight import reference_rules
+
+    base_dir = args.config.resolve().parent
     try:
-        config, warnings = parse_config_with_warnings(_read(args.config), source=source)
+        config, warnings = parse_config_with_warnings(
+            _read(args.config), source=source, extra_rules=lambda c: reference_rules(c, base_dir)
+        )
     except ConfigError as exc:
         result["issues"] = [issue.as_dict() for issue in exc.issues]
         if args.json:
@@ -75,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print_issues(console, exc, source)
         return exc.exit_code
-    base_dir = args.config.resolve().parent
     result.update(valid=True, warnings=warnings)
     notes = _dataset_notes(config, base_dir)
     plan = Plan(

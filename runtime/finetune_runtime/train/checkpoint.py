@@ -11,12 +11,14 @@ Layout of one checkpoint (the backend adds its own files):
       rng-rank<N>.pt          each rank's RNG streams (python, numpy, torch, cuda)
       config.yaml             the config that produced it
       trainer_state.json      human-readable summary
+      finetune-manifest.json  SHA-256 of every file above (finetune_runtime.integrity)
       COMPLETE                written last; a directory without it is ignored
 
 Writing: rank 0 creates `checkpoint-<step>.tmp-<token>`, every rank writes into
 it, rank 0 fsyncs everything, writes COMPLETE, renames it into place and fsyncs
 the parent. A crash at any point leaves either the old set of checkpoints or
-the new complete one, never a half-written `checkpoint-<step>`.
+the new complete one, never a half-written `checkpoint-<step>`. Resuming verifies
+the manifest and falls back to the newest intact checkpoint, saying which it skipped.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetune_runtime.errors import CheckpointError
+from finetune_runtime.errors import CheckpointError, IntegrityError
+from finetune_runtime.integrity import verify_weights, write_manifest
 from finetune_runtime.train.backend import Backend
 
 log = logging.getLogger(__name__)
@@ -78,26 +81,79 @@ def latest_checkpoint(output_dir: Path) -> CheckpointRef | None:
 
 
 def resolve_resume(output_dir: Path, explicit: str | None, auto: bool) -> Path | None:
-    """The checkpoint to resume from: `explicit`, else the newest complete one if `auto`."""
+    """The checkpoint to resume from: `explicit`, else the newest intact one if `auto`.
+
+    Every candidate's manifest is verified; with `auto`, a corrupted checkpoint is skipped
+    (with a warning naming it) in favour of the next older one. An explicit checkpoint that
+    fails verification is an error: the user asked for that one.
+    """
     if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_absolute() and not path.exists() and (output_dir / path).exists():
-            path = output_dir / path
-        if not path.is_dir():
-            raise CheckpointError(
-                f"training.resume_from_checkpoint: {explicit!r} is not a directory; name a "
-                f"{PREFIX}<step> directory or remove the setting to resume automatically"
-            )
-        if not is_complete(path):
-            raise CheckpointError(
-                f"training.resume_from_checkpoint: {path} is incomplete (no {COMPLETE} marker: "
-                "the save was interrupted); pick an older checkpoint"
-            )
+        path = explicit_checkpoint(output_dir, explicit)
+        check_intact(path)
         return path
     if not auto:
         return None
     found = list_checkpoints(output_dir, warn=True)
-    return found[-1].path if found else None
+    skipped: list[str] = []
+    for ref in reversed(found):
+        try:
+            check_intact(ref.path)
+        except IntegrityError as exc:
+            log.warning("skipping %s: %s", ref.path.name, exc)
+            skipped.append(ref.path.name)
+            continue
+        if skipped:
+            log.warning(
+                "resuming from %s, the newest intact checkpoint (skipped %s)",
+                ref.path.name,
+                ", ".join(skipped),
+            )
+        return ref.path
+    if skipped:
+        raise IntegrityError(
+            f"{output_dir}: every checkpoint failed verification ({', '.join(skipped)}); "
+            "nothing intact to resume from: move them away to start afresh"
+        )
+    return None
+
+
+def agreed_resume(
+    backend: Backend, output_dir: Path, explicit: str | None, auto: bool
+) -> Path | None:
+    """resolve_resume for a whole process group: rank 0 verifies the candidates (hashing
+    them once, not once per rank) and every rank gets its choice."""
+    if explicit:
+        return resolve_resume(output_dir, explicit, auto)
+    chosen = -1
+    if backend.is_main:
+        path = resolve_resume(output_dir, None, auto)
+        chosen = int(path.name[len(PREFIX) :]) if path is not None else -1
+    step = int(backend.all_reduce_sum(chosen + 1 if backend.is_main else 0)) - 1
+    return None if step < 0 else output_dir / f"{PREFIX}{step}"
+
+
+def explicit_checkpoint(output_dir: Path, explicit: str) -> Path:
+    """`explicit` as a path; a relative one that is not in the cwd is looked up in output_dir."""
+    path = Path(explicit).expanduser()
+    if not path.is_absolute() and not path.exists() and (output_dir / path).exists():
+        path = output_dir / path
+    if not path.is_dir():
+        raise CheckpointError(
+            f"resume checkpoint {explicit!r} is not a directory (nor one in {output_dir}); "
+            f"name a {PREFIX}<step> directory or remove the setting to resume automatically"
+        )
+    if not is_complete(path):
+        raise CheckpointError(
+            f"resume checkpoint {path} is incomplete (no {COMPLETE} marker: the save was "
+            "interrupted); pick an older checkpoint"
+        )
+    return path
+
+
+def check_intact(path: Path) -> None:
+    """Verify a checkpoint's manifest; older checkpoints without one are used unverified."""
+    if verify_weights(path, required=False) is None:
+        log.warning("%s has no manifest (written by an older version): not verified", path)
 
 
 # --------------------------------------------------------------------------- RNG
@@ -214,11 +270,14 @@ class CheckpointWriter:
         token = int(backend.all_reduce_sum(secrets.randbelow(10**9) if backend.is_main else 0))
         tmp = self.output_dir / f"{PREFIX}{step}.tmp-{token:09d}"
         if backend.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            if not self._cleaned:
-                self._remove_stale_tmp()
-                self._cleaned = True
-            tmp.mkdir()
+            try:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                if not self._cleaned:
+                    self._remove_stale_tmp()
+                    self._cleaned = True
+                tmp.mkdir()
+            except OSError as exc:
+                raise save_error(final, exc, self.output_dir) from exc
         backend.barrier()
         try:
             torch.save(capture_rng(), tmp / rng_file(backend.rank))
@@ -229,15 +288,19 @@ class CheckpointWriter:
             if backend.is_main:
                 for name, text in (text_files or {}).items():
                     (tmp / name).write_text(text, encoding="utf-8")
+                write_manifest(tmp)
                 _fsync_tree(tmp)
                 (tmp / COMPLETE).write_text(json.dumps({"step": step}) + "\n")
                 _fsync_tree(tmp)
                 replace_dir(tmp, final)  # over an older attempt's copy of this very step
                 _fsync_dir(self.output_dir)
                 self._rotate()
-        except BaseException:
+        except BaseException as exc:
             if backend.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
+            # torch.save and safetensors report a failed write(2) as RuntimeError.
+            if isinstance(exc, OSError | RuntimeError):
+                raise save_error(final, exc, self.output_dir) from exc
             raise
         backend.barrier()
         return final
@@ -257,3 +320,18 @@ class CheckpointWriter:
                 "removing old checkpoint %s (save_total_limit=%d)", old.path, self.save_total_limit
             )
             _remove(old.path)
+
+
+def save_error(target: Path, exc: Exception, output_dir: Path) -> CheckpointError:
+    """One line for a failed save, naming what is kept (the partial copy is removed)."""
+    previous = latest_checkpoint(output_dir)
+    kept = f"{previous.path.name} is kept" if previous else "no earlier checkpoint exists"
+    if isinstance(exc, OSError):
+        reason = (exc.strerror or str(exc)) + (f" ({exc.filename})" if exc.filename else "")
+    else:
+        reason = f"a write failed ({(str(exc).strip().splitlines() or ['?'])[0]})"
+    return CheckpointError(
+        f"cannot write {target}: {reason}"
+        + f"; nothing partial was left behind and {kept}. Free space or fix permissions, "
+        "then rerun to resume"
+    )

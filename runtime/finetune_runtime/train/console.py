@@ -85,3 +85,19 @@ class StepDisplay:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), inf when that overflows (JSON-safe as a float)."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")
+
+
+def eval_line(step: int, loss: float | None) -> str:
+    """`step=N eval_loss=... eval_perplexity=...`."""
+    shown: dict[str, Any] = {"step": step, "eval_loss": loss}
+    if loss is not None:
+        shown["eval_perplexity"] = perplexity(loss)
+    return format_metrics(shown)

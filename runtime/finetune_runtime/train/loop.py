@@ -24,17 +24,19 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 from finetune_runtime.config import FineTuneConfig
 from finetune_runtime.data.pipeline import TokenizedDataset
 from finetune_runtime.data.tokenize import IGNORE_INDEX
-from finetune_runtime.errors import ConfigError
+from finetune_runtime.errors import CheckpointError, ConfigError, DivergedError
 from finetune_runtime.generate import Sample, sample_from_example
+from finetune_runtime.integrity import architecture_of, write_manifest
 from finetune_runtime.reporting import ProgressReporter
+from finetune_runtime.train import guards
 from finetune_runtime.train.backend import Backend, closing, create_backend
 from finetune_runtime.train.checkpoint import (
     CheckpointWriter,
+    agreed_resume,
     load_rng,
     replace_dir,
-    resolve_resume,
 )
-from finetune_runtime.train.console import StepDisplay, format_metrics
+from finetune_runtime.train.console import StepDisplay, eval_line, format_metrics, perplexity
 from finetune_runtime.train.optim import build_optimizer, build_scheduler
 from finetune_runtime.train.plan import TrainingPlan, make_plan
 from finetune_runtime.train.signals import GracefulStop
@@ -53,9 +55,11 @@ class TrainOptions:
     base_dir: Path | None = None  # where relative dataset/model paths are resolved
     max_steps: int | None = None
     resume: bool | None = None  # None: the config's training.auto_resume
+    resume_from: str | None = None  # `--resume CHECKPOINT`: this checkpoint (over the config's)
+    resume_with_changes: bool = False  # resume even if the config differs from the checkpoint's
     serve_progress: bool = True
     progress_port: int | None = None  # None: $FINETUNE_PROGRESS_PORT or the default
-    progress_host: str = "0.0.0.0"
+    progress_host: str = "127.0.0.1"
     progress_bar: bool | None = None  # None: when stderr is a terminal
 
 
@@ -258,6 +262,7 @@ class Trainer:
         model = models.load_base_model(
             config, source, device=backend.device, precision=backend.options.precision
         )
+        self.base_architecture = architecture_of(model.config)  # before embeddings grow
         models.fit_embeddings(model, self.tokenizer)
         if training.sample_packing:
             from finetune_runtime.data import configure_model_for_packing
@@ -304,10 +309,14 @@ class Trainer:
             )
 
     def _resume(self) -> int:
-        training = self.config.training
-        auto = training.auto_resume if self.options.resume is None else self.options.resume
-        explicit = training.resume_from_checkpoint if self.options.resume is not False else None
-        path = resolve_resume(self.output_dir, explicit, auto)
+        training, options = self.config.training, self.options
+        auto = training.auto_resume if options.resume is None else options.resume
+        explicit = None
+        if options.resume is not False:
+            explicit = options.resume_from or training.resume_from_checkpoint
+        path = agreed_resume(self.backend, self.output_dir, explicit, auto)
+        if path is not None:
+            guards.check_resume_config(path, self.config, self.options.resume_with_changes)
         if path is None:
             # Different dropout streams per rank; the same on every run with this seed.
             torch.manual_seed(self.config.seed + self.backend.rank)
@@ -378,10 +387,20 @@ class Trainer:
             state_dict=state,
         )
 
+    def _identity(self) -> dict[str, Any]:
+        """What the final weights belong to, checked by `finetune merge`."""
+        return {
+            "kind": self._weights_name(),
+            "adapter": self.config.adapter,
+            "base_model": self.config.base_model,
+            "base_architecture": self.base_architecture,
+        }
+
     def _weights_name(self) -> str:
         return MODEL_DIR if self.config.adapter == "none" else ADAPTER_DIR
 
     def save_checkpoint(self) -> Path:
+        guards.check_weights_finite(self.backend, self.step)  # never save NaN/Inf weights
         self.reporter.set_state("saving", f"checkpoint at step {self.step}")
         state = self.client_state()
         # Full fine-tunes already keep every weight in the training state: do not write
@@ -408,7 +427,9 @@ class Trainer:
         self.reporter.set_state("evaluating")
         batch_size = self.config.training.eval_batch_size or self.config.training.batch_size
         loss = evaluate(self.model, self.backend, self.data.eval, batch_size, self.collate)
-        self.eval_history.append({"step": self.step, "eval_loss": loss})
+        self.eval_history.append(
+            {"step": self.step, "eval_loss": loss, "eval_perplexity": perplexity(loss)}
+        )
         self.reporter.on_eval(self.step, loss)
         self.reporter.set_state("training")
         return loss
@@ -416,6 +437,9 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        lock = None
+        if self.backend.is_main:  # before any compute: a bad or busy output_dir fails now
+            lock = guards.claim_output_dir(self.output_dir, self._weights_name())
         self._start_server()
         try:
             self._setup()
@@ -424,10 +448,14 @@ class Trainer:
             return self._finish(stopped)
         except BaseException as exc:
             self.reporter.set_state("failed", str(exc)[:500] or type(exc).__name__)
+            if isinstance(exc, DivergedError) and self.backend.is_main:
+                _write_json_atomic(self.output_dir / SUMMARY_FILE, self.summary("diverged"))
             raise
         finally:
             if self.server is not None:
                 self.server.stop()
+            if lock is not None:
+                lock.release()
 
     def _train(self, stop: GracefulStop) -> bool:
         backend, plan = self.backend, self.plan
@@ -462,9 +490,12 @@ class Trainer:
                 tokens_local = sum(batch_tokens(b) for b in window)
                 lr = float(self.scheduler.get_last_lr()[0])
                 share = accumulate_window(self.model, backend, window)
+                loss = backend.all_reduce_sum(share)
+                guards.check_finite("the loss", loss, self.step + 1)  # before the update
                 grad_norm = backend.step()
                 self.step += 1
-                loss = backend.all_reduce_sum(share)
+                if backend.options.precision != "fp16":  # fp16 loss scaling skips inf steps
+                    guards.check_finite("the gradient norm", grad_norm, self.step)
                 tokens = int(backend.all_reduce_sum(tokens_local))
                 self.tokens += tokens
                 self.history.append(
@@ -495,7 +526,7 @@ class Trainer:
                 if plan.should_eval(self.step) and self.data.eval is not None:
                     eval_loss = self.run_eval()
                     last_eval = self.step
-                    display.line(format_metrics({"step": self.step, "eval_loss": eval_loss}))
+                    display.line(eval_line(self.step, eval_loss))
                 # Every rank must agree before anyone starts a (collective) save.
                 stop_now = backend.all_reduce_sum(1.0 if stop.requested else 0.0) > 0
                 if plan.should_save(self.step) or stop_now:
@@ -514,7 +545,7 @@ class Trainer:
             if not stopped:
                 if self.data.eval is not None and last_eval != self.step:
                     eval_loss = self.run_eval()
-                    display.line(format_metrics({"step": self.step, "eval_loss": eval_loss}))
+                    display.line(eval_line(self.step, eval_loss))
                 if last_saved != self.step:
                     self.save_checkpoint()
         finally:
@@ -523,11 +554,14 @@ class Trainer:
 
     # -- outputs ----------------------------------------------------------------
 
-    def summary(self, stopped: bool) -> dict[str, Any]:
+    def summary(self, status: bool | str) -> dict[str, Any]:
+        """`status`: True (stopped), False (completed) or a word such as "diverged"."""
         losses = [h["loss"] for h in self.history]
         plan = self.plan
+        if isinstance(status, bool):
+            status = "stopped" if status else "completed"
         return {
-            "status": "stopped" if stopped else "completed",
+            "status": status,
             "base_model": self.config.base_model,
             "adapter": self.config.adapter,
             "steps": self.step,
@@ -543,6 +577,9 @@ class Trainer:
             "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None,
             "final_eval_loss": self.eval_history[-1]["eval_loss"] if self.eval_history else None,
+            "final_eval_perplexity": (
+                self.eval_history[-1].get("eval_perplexity") if self.eval_history else None
+            ),
             "tokens": self.tokens,
             "train_seconds": round(self.train_seconds, 3),
             "tokens_per_second": self.tokens / self.train_seconds if self.train_seconds else None,
@@ -588,16 +625,26 @@ class Trainer:
     def _write_final_weights(self) -> Path:
         """output_dir/adapter (or model), replaced atomically (collective)."""
         tmp = self.output_dir / f".final.tmp-{os.getpid()}"
+        final = self.output_dir / self._weights_name()
         if self.backend.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.backend.barrier()
-        self._export(tmp)
-        final = self.output_dir / self._weights_name()
-        if self.backend.is_main:
-            replace_dir(tmp / final.name, final)
-            shutil.rmtree(tmp, ignore_errors=True)
-            log.info("wrote %s", final)
+        try:
+            self._export(tmp)
+            if self.backend.is_main:
+                guards.check_not_foreign(final)  # something appeared there while we trained
+                write_manifest(tmp / final.name, self._identity())
+                replace_dir(tmp / final.name, final)
+                log.info("wrote %s", final)
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot write {final}: {exc.strerror or exc}; the last checkpoint is kept "
+                "(`finetune merge --adapter checkpoint-N` uses it)"
+            ) from exc
+        finally:
+            if self.backend.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
         self.backend.barrier()
         return final
 

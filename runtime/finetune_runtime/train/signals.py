@@ -14,11 +14,14 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
+from finetune_runtime.errors import EXIT_PREEMPTED
+
 log = logging.getLogger(__name__)
 
-# 128 + SIGTERM: what a process killed by SIGTERM reports, so supervisors read it the same
-# way; here it means "stopped on request after saving a checkpoint; resume will continue".
-EXIT_PREEMPTED = 143
+# EXIT_PREEMPTED (143 = 128 + SIGTERM, what a process killed by SIGTERM reports, so
+# supervisors read it the same way) means "stopped on request after saving a checkpoint;
+# resume will continue". It lives with the other exit codes in finetune_runtime.errors.
+__all__ = ["EXIT_PREEMPTED", "GracefulStop"]
 
 
 class GracefulStop:
