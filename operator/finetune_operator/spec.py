@@ -383,7 +383,7 @@ def check_name(name: str, nodes: int) -> list[SpecIssue]:
 
 def validate_job(body: dict[str, Any]) -> ValidJob:
     """Validate a whole FineTuneJob body: name, spec and training config."""
-    from finetune_runtime.config import parse_config
+    from finetune_runtime.config import parse_config, unmergeable_reason
     from finetune_runtime.errors import ConfigError
 
     meta = body.get("metadata") or {}
@@ -411,4 +411,7 @@ def validate_job(body: dict[str, Any]) -> ValidJob:
                 )
             ]
         )
+    reason = unmergeable_reason(config.adapter)
+    if spec.output is not None and spec.output.merge and reason is not None:
+        raise SpecError([SpecIssue("spec.output.merge", f"{reason}; drop merge")])
     return ValidJob(spec=spec, config=config)

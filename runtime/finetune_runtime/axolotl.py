@@ -103,6 +103,15 @@ SCALAR_MAP: dict[str, Loc] = {
     "resume_from_checkpoint": ("training", "resume_from_checkpoint"),
     "auto_resume_from_checkpoints": ("training", "auto_resume"),
     "tokenizer_config": ("tokenizer",),
+    # experiment tracking (finetune_runtime.train.tracking)
+    "wandb_project": ("tracking", "wandb", "project"),
+    "wandb_entity": ("tracking", "wandb", "entity"),
+    "wandb_name": ("tracking", "wandb", "name"),
+    "wandb_mode": ("tracking", "wandb", "mode"),
+    "mlflow_tracking_uri": ("tracking", "mlflow", "tracking_uri"),
+    "mlflow_experiment_name": ("tracking", "mlflow", "experiment_name"),
+    "mlflow_run_name": ("tracking", "mlflow", "run_name"),
+    "use_tensorboard": ("tracking", "tensorboard"),
 }
 
 # Canonical top-level keys that keep their name in both forms.
@@ -121,6 +130,7 @@ SHARED_TOP_LEVEL = {
     "lora",
     "quantization",
     "training",
+    "tracking",
 }
 
 OPTIMIZER_MAP = {
@@ -161,7 +171,6 @@ QUIET_KEYS = {
     "debug",
     "push_dataset_to_hub",
     "use_wandb",
-    "use_tensorboard",
     "tf32",
     "local_rank",
     "special_tokens",
@@ -229,7 +238,7 @@ def _normalize_flat(raw: dict[str, Any], out: Normalized) -> None:
         if value is None and key != "datasets":
             continue  # axolotl writes `key:` (null) for "use the default"
         if key in SHARED_TOP_LEVEL:
-            if key in ("lora", "quantization", "training") and isinstance(value, dict):
+            if key in ("lora", "quantization", "training", "tracking") and isinstance(value, dict):
                 for sub, subvalue in value.items():
                     _set(out, (key, sub), subvalue, (key, sub))
             elif key not in ("adapter", "datasets", "special_tokens"):
