@@ -179,6 +179,11 @@ class EnvVar(_Model):
     def _one_source(self) -> EnvVar:
         if self.value is not None and self.valueFrom is not None:
             raise ValueError(f"{self.name}: set value or valueFrom, not both")
+        if self.name in c.SECRET_ONLY_ENV and "secretKeyRef" not in (self.valueFrom or {}):
+            raise ValueError(
+                f"{self.name} is a credential: give it as valueFrom.secretKeyRef (a Secret "
+                "reference), never as a literal value"
+            )
         return self
 
 

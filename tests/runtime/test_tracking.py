@@ -121,7 +121,7 @@ def test_all_trackers_log_metrics_and_config_and_resume_into_the_same_runs(
         "id": halves[0]["run"]["id"],
     }
     assert halves[1]["run"]["id"] == halves[0]["run"]["id"]
-    assert halves[0]["config"]["training"]["value"]["max_steps"] == 4
+    assert halves[0]["config"]["training"]["max_steps"] == 4
     rows = [row for half in halves for row in half["history"]]
     logged = {row["_step"]: row for row in rows if "train/loss" in row}
     assert sorted(logged) == [1, 2, 3, 4]
