@@ -15,6 +15,7 @@ import os
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from finetune_runtime import __version__
 from finetune_runtime.errors import FinetuneError
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FinetuneError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        # Escaped: messages quote user text and commands like pip install 'pkg[extra]'.
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -33,7 +33,14 @@ FIRST_ROW = json.loads(PACKAGED.read_text().splitlines()[0])
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     tmp = tmp_path_factory.mktemp("generate")
-    config = tiny_config(tmp, rows=4, training={"max_steps": 2, "batch_size": 4, "save_steps": 1})
+    # A learning rate so low the model stays near its random init: it then writes varied
+    # tokens that depend on every prompt token (a trained tiny model may answer with EOS
+    # at once, which would make the comparisons below pass for any prompt).
+    config = tiny_config(
+        tmp,
+        rows=4,
+        training={"max_steps": 2, "batch_size": 4, "save_steps": 1, "learning_rate": 1e-5},
+    )
     run(config)
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
@@ -72,7 +79,9 @@ def test_generate_from_a_config_uses_the_training_prompt_template(trained, capsy
     assert "adapter" in captured.err and "alpaca prompt template" in captured.err
     model, tokenizer = load_for_generation(find_weights(str(path)))
     expected = generate(model, tokenizer, _training_prompt(config, tokenizer), max_new_tokens=6)
-    assert captured.out == expected.strip() + "\n"
+    assert expected.strip() and captured.out == expected.strip() + "\n"
+    raw = generate(model, tokenizer, FIRST_ROW["instruction"], max_new_tokens=6)
+    assert raw != expected  # the template made a difference
 
 
 def test_prompts_from_stdin_one_answer_per_line(trained, capsys, monkeypatch) -> None:
@@ -84,7 +93,7 @@ def test_prompts_from_stdin_one_answer_per_line(trained, capsys, monkeypatch) ->
     for prompt in ("Name a colour.", "Spell the word backwards."):
         assert cli_main(["generate", str(path), "--prompt", prompt, "--max-new-tokens", "4"]) == 0
         singles.append(capsys.readouterr().out.rstrip("\n"))
-    assert piped == singles  # the blank line is skipped
+    assert len(piped) == 2 and piped == singles and piped[0] != piped[1]  # blank line skipped
 
 
 def test_targets_checkpoints_adapters_and_merged_models(trained, capsys) -> None:
@@ -103,6 +112,7 @@ def test_targets_checkpoints_adapters_and_merged_models(trained, capsys) -> None
     capsys.readouterr()
     assert cli_main(["generate", str(out / "merged"), *raw]) == 0
     merged_answer = capsys.readouterr().out
+    assert merged_answer.strip()
     assert cli_main(["generate", str(path), "--raw", *raw]) == 0
     assert capsys.readouterr().out == merged_answer
 

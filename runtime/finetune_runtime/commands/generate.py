@@ -48,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--max-new-tokens must be at least 1")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise ConfigError("--temperature must be >= 0 and --top-p in (0, 1]")
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     weights = find_weights(args.target, args.checkpoint)
     err.print(f"loading {describe(weights)}")
     model, tokenizer = load_for_generation(weights)
