@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e '.[runtime,operator,dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[runtime,operator,tracking,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

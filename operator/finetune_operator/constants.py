@@ -59,6 +59,9 @@ RESERVED_ENV = frozenset(
     }
 )
 
+# Experiment-tracker credentials (the runtime's `tracking`): only as secret references.
+SECRET_ONLY_ENV = frozenset({"WANDB_API_KEY", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD"})
+
 GPU_RESOURCE = "nvidia.com/gpu"
 
 # A DNS-1123 label is at most 63 characters; `<job>-worker-<rank>` is a pod hostname.

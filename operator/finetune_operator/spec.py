@@ -241,6 +241,11 @@ class EnvVar(_Model):
     def _one_source(self) -> EnvVar:
         if self.value is not None and self.valueFrom is not None:
             raise ValueError(f"{self.name}: set value or valueFrom, not both")
+        if self.name in c.SECRET_ONLY_ENV and "secretKeyRef" not in (self.valueFrom or {}):
+            raise ValueError(
+                f"{self.name} is a credential: give it as valueFrom.secretKeyRef (a Secret "
+                "reference), never as a literal value"
+            )
         return self
 
 
@@ -539,7 +544,7 @@ def check_admission(meta: dict[str, Any], spec: FineTuneJobSpec) -> list[SpecIss
 
 def validate_job(body: dict[str, Any]) -> ValidJob:
     """Validate a whole FineTuneJob body: name, spec and training config."""
-    from finetune_runtime.config import parse_config
+    from finetune_runtime.config import parse_config, unmergeable_reason
     from finetune_runtime.errors import ConfigError
 
     meta = body.get("metadata") or {}
@@ -567,4 +572,7 @@ def validate_job(body: dict[str, Any]) -> ValidJob:
                 )
             ]
         )
+    reason = unmergeable_reason(config.adapter)
+    if spec.output is not None and spec.output.merge and reason is not None:
+        raise SpecError([SpecIssue("spec.output.merge", f"{reason}; drop merge")])
     return ValidJob(spec=spec, config=config)

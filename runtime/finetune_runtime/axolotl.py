@@ -112,6 +112,15 @@ SCALAR_MAP: dict[str, Loc] = {
     "resume_from_checkpoint": ("training", "resume_from_checkpoint"),
     "auto_resume_from_checkpoints": ("training", "auto_resume"),
     "tokenizer_config": ("tokenizer",),
+    # experiment tracking (finetune_runtime.train.tracking)
+    "wandb_project": ("tracking", "wandb", "project"),
+    "wandb_entity": ("tracking", "wandb", "entity"),
+    "wandb_name": ("tracking", "wandb", "name"),
+    "wandb_mode": ("tracking", "wandb", "mode"),
+    "mlflow_tracking_uri": ("tracking", "mlflow", "tracking_uri"),
+    "mlflow_experiment_name": ("tracking", "mlflow", "experiment_name"),
+    "mlflow_run_name": ("tracking", "mlflow", "run_name"),
+    "use_tensorboard": ("tracking", "tensorboard"),
 }
 
 # Canonical top-level keys that keep their name in both forms.
@@ -130,6 +139,7 @@ SHARED_TOP_LEVEL = {
     "lora",
     "quantization",
     "training",
+    "tracking",
 }
 
 OPTIMIZER_MAP = {
@@ -267,7 +277,7 @@ def _normalize_flat(raw: dict[str, Any], out: Normalized) -> None:
         if value is None and key != "datasets":
             continue  # axolotl writes `key:` (null) for "use the default"
         if key in SHARED_TOP_LEVEL or key in top_level_fields():
-            if key in ("lora", "quantization", "training") and isinstance(value, dict):
+            if key in ("lora", "quantization", "training", "tracking") and isinstance(value, dict):
                 for sub, subvalue in value.items():
                     _set(out, (key, sub), subvalue, (key, sub))
             elif key not in ("adapter", "datasets", "special_tokens"):

@@ -1,4 +1,4 @@
-"""`finetune`: validate, init, train, merge, fetch, launch, run, serve.
+"""`finetune`: validate, init, train, merge, generate, fetch, launch, run, serve.
 
 Each subcommand lives in `finetune_runtime.commands.<name>` and exposes
 `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
@@ -16,11 +16,12 @@ import os
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from finetune_runtime import __version__
 from finetune_runtime.errors import EXIT_INTERRUPTED, FinetuneError
 
-COMMANDS = ("validate", "init", "train", "merge", "fetch", "launch", "run", "serve")
+COMMANDS = ("validate", "init", "train", "merge", "generate", "fetch", "launch", "run", "serve")
 # Set by `finetune launch`: a trainer failing with a FinetuneError writes its exit code here,
 # so the launcher reports it instead of torchrun's generic 1 (exit codes: errors.EXIT_*).
 EXIT_FILE_ENV = "FINETUNE_EXIT_FILE"
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
         return code
     except FinetuneError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        # Escaped: messages quote user text and commands like pip install 'pkg[extra]'.
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         record_exit_code(exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:

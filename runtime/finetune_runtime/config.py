@@ -29,7 +29,20 @@ from finetune_runtime.errors import ConfigError, ConfigIssue
 from finetune_runtime.yamlsafe import MAX_CONFIG_BYTES, LineIndex, check_size, load_yaml
 
 AdapterType = Literal[
-    "none", "lora", "qlora", "dora", "loha", "lokr", "ia3", "adalora", "oft", "vera", "boft"
+    "none",
+    "lora",
+    "qlora",
+    "dora",
+    "loha",
+    "lokr",
+    "ia3",
+    "adalora",
+    "oft",
+    "vera",
+    "boft",
+    "prefix_tuning",
+    "prompt_tuning",
+    "p_tuning",
 ]
 DatasetFormat = Literal["alpaca", "sharegpt", "completion", "custom"]
 SchedulerType = Literal[
@@ -55,6 +68,9 @@ OptimizerType = Literal[
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 DEEPSPEED_PRESETS = ("zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
 ADAPTERS_USING_LORA_CONFIG = ("lora", "qlora", "dora")
+# peft's prompt-learning methods: trained virtual tokens, not weight deltas, so they can be
+# served with the base model but never merged into it.
+PROMPT_LEARNING_ADAPTERS = ("prefix_tuning", "prompt_tuning", "p_tuning")
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
@@ -82,6 +98,11 @@ class LoraSettings(_Section):
     use_rslora: bool = False
     fan_in_fan_out: bool = False
     bias: Literal["none", "all", "lora_only"] = "none"
+    num_virtual_tokens: PositiveInt = Field(
+        20,
+        description="prefix_tuning, prompt_tuning, p_tuning: how many trained virtual tokens "
+        "are put before every sequence.",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra keyword arguments passed to the peft adapter config.",
@@ -185,6 +206,61 @@ class TrainingSettings(_Section):
     auto_resume: bool = True
 
 
+class WandbSettings(_Section):
+    """Weights & Biases. The API key comes from WANDB_API_KEY in the environment (in a
+    FineTuneJob: `env` with `valueFrom.secretKeyRef`), never from the config."""
+
+    project: str | None = Field(
+        None, description="W&B project; setting it turns W&B logging on (axolotl: wandb_project)."
+    )
+    entity: str | None = Field(None, description="W&B team or user (axolotl: wandb_entity).")
+    name: str | None = Field(None, description="Run display name (axolotl: wandb_name).")
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "online",
+        description="offline writes the run under output_dir/wandb for `wandb sync` later "
+        "(axolotl: wandb_mode).",
+    )
+
+
+class MlflowSettings(_Section):
+    """MLflow. Credentials (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME/PASSWORD) come
+    from the environment, never from the config."""
+
+    tracking_uri: str | None = Field(
+        None,
+        description="http(s):// server, file:// or local path store; setting it (or "
+        "experiment_name) turns MLflow logging on (axolotl: mlflow_tracking_uri).",
+    )
+    experiment_name: str | None = Field(
+        None, description="Experiment to log into (axolotl: mlflow_experiment_name)."
+    )
+    run_name: str | None = Field(None, description="Run name (axolotl: mlflow_run_name).")
+
+
+class TrackingSettings(_Section):
+    """Experiment trackers that receive loss, eval loss, perplexity, learning rate, grad norm,
+    tokens/s and the config. Rank 0 logs; needs the `tracking` extra."""
+
+    wandb: WandbSettings = Field(default_factory=WandbSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    tensorboard: bool = Field(
+        False,
+        description="Write TensorBoard event files to output_dir/runs (axolotl: use_tensorboard).",
+    )
+
+    @property
+    def enabled(self) -> list[str]:
+        """The trackers this config turns on, in a fixed order."""
+        on = []
+        if self.wandb.project and self.wandb.mode != "disabled":
+            on.append("wandb")
+        if self.mlflow.tracking_uri or self.mlflow.experiment_name:
+            on.append("mlflow")
+        if self.tensorboard:
+            on.append("tensorboard")
+        return on
+
+
 class FineTuneConfig(_Section):
     """A complete fine-tuning run."""
 
@@ -203,6 +279,7 @@ class FineTuneConfig(_Section):
     deepspeed: str | dict[str, Any] | None = Field(
         None, description="zero1|zero2|zero3|zero2_offload|zero3_offload, a JSON path, or a dict."
     )
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     output_dir: str = "./outputs"
     seed: int = 42
 
@@ -238,6 +315,10 @@ class FineTuneConfig(_Section):
         return self.adapter in ADAPTERS_USING_LORA_CONFIG
 
     @property
+    def is_prompt_learning(self) -> bool:
+        return self.adapter in PROMPT_LEARNING_ADAPTERS
+
+    @property
     def is_quantized(self) -> bool:
         return self.quantization is not None
 
@@ -247,6 +328,17 @@ class FineTuneConfig(_Section):
 
         data = self.model_dump(mode="json", exclude_defaults=False)
         return yaml.safe_dump(data, sort_keys=False)
+
+
+def unmergeable_reason(adapter: str) -> str | None:
+    """Why an adapter of this type cannot be merged into its base model, or None."""
+    if adapter in PROMPT_LEARNING_ADAPTERS:
+        return (
+            f"adapter {adapter!r} trains virtual tokens that are put before every input, not "
+            "weight deltas, so it cannot be folded into the base model's weights: serve the "
+            "adapter with its base model instead (`finetune generate CONFIG`, `finetune serve`)"
+        )
+    return None
 
 
 def check_safe_path(value: str) -> str:
@@ -284,6 +376,14 @@ def cross_field_rules(config: FineTuneConfig) -> list[Rule]:
                 ("quantization",),
                 "a quantized base model cannot be fully fine-tuned: use adapter 'qlora' or "
                 "'lora', or remove quantization",
+            )
+        )
+    if config.is_prompt_learning and training.sample_packing:
+        found.append(
+            (
+                ("training", "sample_packing"),
+                f"adapter {config.adapter!r} puts virtual tokens before every sequence, which "
+                "packed rows cannot share: set sample_packing to false",
             )
         )
     for a, b in (

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from finetune_runtime.config import FineTuneConfig, check_safe_path
+from finetune_runtime.config import FineTuneConfig, check_safe_path, unmergeable_reason
 from finetune_runtime.errors import ConfigError, IntegrityError, ModelError
 from finetune_runtime.integrity import (
     architecture_of,
@@ -46,6 +46,9 @@ def find_adapter(config: FineTuneConfig, adapter: str | Path | None) -> Path:
             "nothing to merge: adapter is 'none' (a full fine-tune), whose weights are already "
             f"a complete model in {Path(config.output_dir) / 'model'}"
         )
+    reason = unmergeable_reason(config.adapter)
+    if reason is not None:
+        raise ModelError(f"cannot merge: {reason}")
     output_dir = Path(config.output_dir)
     path = Path(adapter) if adapter else output_dir / "adapter"
     if adapter and not path.is_absolute() and not path.exists() and (output_dir / path).exists():
@@ -55,7 +58,75 @@ def find_adapter(config: FineTuneConfig, adapter: str | Path | None) -> Path:
     if not (path / ADAPTER_CONFIG).is_file():
         hint = "run `finetune train` first" if adapter is None else "check --adapter"
         raise ModelError(f"no trained adapter in {path} (no {ADAPTER_CONFIG}); {hint}")
+    saved = saved_adapter_type(path)
+    reason = unmergeable_reason(saved) if saved else None
+    if reason is not None:
+        raise ModelError(f"cannot merge {path}: {reason}")
     return path
+
+
+PEFT_TYPES = {
+    "PREFIX_TUNING": "prefix_tuning",
+    "PROMPT_TUNING": "prompt_tuning",
+    "P_TUNING": "p_tuning",
+}
+
+
+def saved_adapter_type(adapter_dir: Path) -> str | None:
+    """The schema's adapter name for a prompt-learning adapter saved in `adapter_dir`, else None
+    (the adapter the config names is checked separately)."""
+    import json
+
+    try:
+        peft_type = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("peft_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return PEFT_TYPES.get(str(peft_type))
+
+
+def load_adapter_model(
+    config: FineTuneConfig | None,
+    adapter_dir: Path,
+    *,
+    base_dir: Path | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Any, Any]:
+    """(base model with the adapter applied, tokenizer), on CPU, unmerged.
+
+    The base is `config.base_model`, or without a config the adapter's own
+    `base_model_name_or_path`; the tokenizer is the adapter's when it was saved
+    with one (it may have gained tokens), else the base's.
+    """
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune_runtime.model import load_tokenizer, resolve_model_source
+
+    if config is not None:
+        name, trust = config.base_model, config.trust_remote_code
+        source = resolve_model_source(name, base_dir)
+    else:
+        name = PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path or ""
+        source, trust = resolve_model_source(name, base_dir), False
+    if (adapter_dir / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    elif config is not None:
+        tokenizer = load_tokenizer(config, source, base_dir)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    base: Any
+    try:
+        base = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust)
+    except OSError as exc:
+        raise ModelError(f"cannot load base model {name!r} for {adapter_dir}: {exc}") from exc
+    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(len(tokenizer))
+    try:
+        model = PeftModel.from_pretrained(base, adapter_dir)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ModelError(f"adapter {adapter_dir} does not fit base model {name!r}: {exc}") from exc
+    model.eval()
+    return model, tokenizer
 
 
 def load_merged(

@@ -272,6 +272,8 @@ def peft_config(config: FineTuneConfig, model: Any, total_steps: int) -> Any:
     adapter = config.adapter
     if adapter == "none":
         return None
+    if config.is_prompt_learning:
+        return prompt_learning_config(config)
     targets = _explicit_targets(config)
     common: dict[str, Any] = {
         "task_type": "CAUSAL_LM",
@@ -330,6 +332,35 @@ def peft_config(config: FineTuneConfig, model: Any, total_steps: int) -> Any:
         return cls(**common, **kwargs)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"lora (adapter {adapter!r}): invalid adapter settings: {exc}") from exc
+
+
+PROMPT_LEARNING_CLASSES = {
+    "prefix_tuning": "PrefixTuningConfig",
+    "prompt_tuning": "PromptTuningConfig",
+    "p_tuning": "PromptEncoderConfig",
+}
+
+
+def prompt_learning_config(config: FineTuneConfig) -> Any:
+    """peft's prefix tuning, prompt tuning or P-tuning: `lora.num_virtual_tokens` trained
+    tokens before every sequence; `lora.options` reaches the peft config (for example
+    prompt_tuning_init: TEXT, encoder_hidden_size). LoRA's r/alpha/targets do not apply."""
+    import peft
+
+    cls = getattr(peft, PROMPT_LEARNING_CLASSES[config.adapter])
+    kwargs: dict[str, Any] = {
+        "task_type": "CAUSAL_LM",
+        "num_virtual_tokens": config.lora.num_virtual_tokens,
+    }
+    if config.lora.modules_to_save:
+        kwargs["modules_to_save"] = config.lora.modules_to_save
+    kwargs.update(config.lora.options)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(
+            f"lora (adapter {config.adapter!r}): invalid adapter settings: {exc}"
+        ) from exc
 
 
 def linear_layer_names(model: Any) -> list[str]:

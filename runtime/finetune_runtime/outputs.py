@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune_runtime.config import unmergeable_reason
 from finetune_runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,9 @@ def check_target(target: OutputTarget, adapter: str) -> None:
             "--merge: a full fine-tune (adapter: none) has no adapter to merge; its model is "
             "uploaded as it is: drop --merge"
         )
+    reason = unmergeable_reason(adapter) if target.merge else None
+    if reason is not None:
+        raise ConfigError(f"--merge: {reason}; drop --merge")
 
 
 def output_uris(target: OutputTarget, weights_name: str) -> dict[str, str]:

@@ -22,7 +22,15 @@ AddressingStyle = Literal["auto", "path", "virtual"]
 ADDRESSING_STYLES: tuple[str, ...] = ("auto", "path", "virtual")
 ADDRESSING_ENV = "FINETUNE_S3_ADDRESSING_STYLE"
 ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-SECRET_ENVS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+SECRET_ENVS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    # experiment trackers' credentials (finetune_runtime.train.tracking)
+    "WANDB_API_KEY",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_PASSWORD",
+)
 
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 

@@ -90,6 +90,14 @@ def test_axolotl_flat_config_is_accepted():
             "set value or valueFrom, not both",
         ),
         (
+            {"env": [{"name": "WANDB_API_KEY", "value": "literal-key-123"}]},
+            "WANDB_API_KEY is a credential: give it as valueFrom.secretKeyRef",
+        ),
+        (
+            {"env": [{"name": "MLFLOW_TRACKING_TOKEN", "valueFrom": {"configMapKeyRef": {}}}]},
+            "MLFLOW_TRACKING_TOKEN is a credential",
+        ),
+        (
             {"resources": {"gpus": 4}, "nprocPerNode": 2},
             "resources.gpus (4) and nprocPerNode (2) differ",
         ),
@@ -106,6 +114,21 @@ def test_axolotl_flat_config_is_accepted():
 )
 def test_spec_errors_name_the_field(spec, expected):
     assert expected in error(spec)
+
+
+def test_tracker_credentials_by_secret_reference_are_accepted_and_never_echoed():
+    ref = {"secretKeyRef": {"name": "trackers", "key": "wandb"}}
+    valid = validate_job(job({"env": [{"name": "WANDB_API_KEY", "valueFrom": ref}]}))
+    assert valid.spec.env[0].valueFrom == ref
+    assert "literal-key-123" not in error(
+        {"env": [{"name": "MLFLOW_TRACKING_PASSWORD", "value": "literal-key-123"}]}
+    )
+
+
+def test_merge_of_a_prompt_learning_adapter_is_an_invalid_spec():
+    config = dict(CONFIG, adapter="prefix_tuning")
+    text = error({"config": config, "output": {"uri": "s3://bucket/out", "merge": True}})
+    assert "spec.output.merge" in text and "cannot be folded" in text
 
 
 def test_missing_spec_and_config():

@@ -28,6 +28,10 @@ ADAPTER_SETTINGS = {
     "vera": {"training": {"learning_rate": 0.05}},  # VeRA learns only scaling vectors
     "boft": {},
     "none": {"training": {"learning_rate": 0.001}},  # full fine-tune
+    # prompt learning: only a few virtual-token embeddings (or their encoder) train
+    "prefix_tuning": {"lora": {"num_virtual_tokens": 8}, "training": {"learning_rate": 0.05}},
+    "prompt_tuning": {"lora": {"num_virtual_tokens": 8}, "training": {"learning_rate": 0.05}},
+    "p_tuning": {"lora": {"num_virtual_tokens": 8}, "training": {"learning_rate": 0.05}},
 }
 
 

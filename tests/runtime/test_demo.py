@@ -61,7 +61,11 @@ def test_finetune_run_demo_subprocess(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "✓ loss fell" in proc.stdout
-    assert "generated" in proc.stdout
+    # The newcomer's proof that it learned: greedy generations on its training prompts are
+    # the reference answers word for word; the held-out prompt is shown, labelled as such.
+    assert "3/3 training answers reproduced word for word" in proc.stdout, proc.stdout[-4000:]
+    assert proc.stdout.count("✓ matches the reference") == 3
+    assert "sample: held out (never trained on)" in proc.stdout
     summary = json.loads((out_dir / "train_summary.json").read_text())
     assert summary["last_loss"] < summary["first_loss"]
     assert summary["status"] == "completed" and summary["steps"] == summary["total_steps"]

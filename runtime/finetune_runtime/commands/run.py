@@ -1,8 +1,9 @@
 """`finetune run [CONFIG]`: the one-command local path.
 
-validate → train → merge → generate a sample from a prompt in the dataset.
+validate → train → merge → generate greedily from a few training prompts (each
+marked whether it reproduces its reference answer) and from a held-out prompt.
 Without CONFIG it runs the packaged `tiny` preset (a tiny Llama built locally,
-LoRA on the Alpaca sample) into ./outputs/demo: what `make demo` does.
+LoRA on part of the Alpaca sample) into ./outputs/demo: what `make demo` does.
 """
 
 from __future__ import annotations
@@ -62,9 +63,7 @@ def loss_verdict(losses: list[float], window: int = LOSS_WINDOW) -> tuple[bool, 
 
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_runtime.merge import merge
     from finetune_runtime.train.loop import train
 
     console = Console(highlight=False)
@@ -106,58 +105,87 @@ def main(args: argparse.Namespace) -> int:
         console.print(f"eval loss {result.summary['final_eval_loss']:.4f}")
     console.print(f"adapter: {result.weights_dir}")
 
+    model, tokenizer, how = _load_trained(console, config, result.weights_dir, base_dir)
+    if args.prompt:
+        from finetune_runtime.generate import prompt_ids
+
+        ids = prompt_ids(config, tokenizer, args.prompt)
+        _show_generation(console, model, tokenizer, ids, None, "your prompt", how, args)
+        return 0 if fell else 1
+    reproduced = 0
+    for i, sample in enumerate(result.train_samples, 1):
+        title = f"training prompt {i}/{len(result.train_samples)}"
+        reproduced += _show_generation(console, model, tokenizer, sample, sample, title, how, args)
+    if result.train_samples:
+        console.print(
+            f"{reproduced}/{len(result.train_samples)} training answers reproduced word for word "
+            "(greedy decoding)"
+        )
+    if result.held_out is not None:
+        title = "held out (never trained on)"
+        _show_generation(
+            console, model, tokenizer, result.held_out, result.held_out, title, how, args
+        )
+        console.print(
+            "[dim]The held-out prompt is new to the model: a tiny model trained for a minute "
+            "on a few rows learns them by heart, it does not generalise.[/]"
+        )
+    return 0 if fell else 1
+
+
+def _load_trained(
+    console: Any, config: Any, weights_dir: Any, base_dir: Any
+) -> tuple[Any, Any, str]:
+    """Load what training wrote back, as a user would: (model, tokenizer, how it was loaded)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune_runtime.merge import load_adapter_model, merge
+
     if config.adapter == "none":
-        model_dir = result.weights_dir  # a full fine-tune is already a complete model
+        model_dir = weights_dir  # a full fine-tune is already a complete model
+        how = "full fine-tune"
+    elif config.is_prompt_learning:
+        console.print(f"{config.adapter} cannot be merged: generating with the adapter on its base")
+        model, tokenizer = load_adapter_model(config, weights_dir, base_dir=base_dir)
+        return model, tokenizer, "adapter on its base model"
     else:
         model_dir = merge(config, base_dir=base_dir)
         console.print(f"merged model: {model_dir}")
-    assert model_dir is not None
-    # Load the saved model back, as a user would.
+        how = "merged model"
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-
-    if args.prompt:
-        _show_generation(
-            console, model, tokenizer, args.prompt, None, "your prompt", args.max_new_tokens
-        )
-    else:
-        shown = []
-        if result.train_sample is not None:
-            shown.append((result.train_sample, "from the training split"))
-        if result.sample is not None and result.sample != result.train_sample:
-            shown.append((result.sample, "held out (not trained on)"))
-        for sample, title in shown:
-            _show_generation(
-                console, model, tokenizer, sample.prompt_ids, sample, title, args.max_new_tokens
-            )
-    return 0 if fell else 1
+    return model, AutoTokenizer.from_pretrained(model_dir), how
 
 
 def _show_generation(
     console: Any,
     model: Any,
     tokenizer: Any,
-    prompt: str | list[int],
+    prompt: Any,
     sample: Any,
     title: str,
-    max_new_tokens: int,
-) -> None:
-    """Print one greedy generation in a panel, with the dataset's reference answer if known."""
+    how: str,
+    args: argparse.Namespace,
+) -> bool:
+    """Print one greedy generation in a panel, with the dataset's reference answer if known;
+    True when the generation reproduces the reference exactly."""
+    from rich.markup import escape
     from rich.panel import Panel
 
     from finetune_runtime.generate import generate
 
-    text = generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens)
-    prompt_text = (
-        prompt if isinstance(prompt, str) else tokenizer.decode(prompt, skip_special_tokens=True)
-    )
-    body = f"[bold]prompt[/]\n{str(prompt_text).strip()}\n\n"
+    ids = prompt.prompt_ids if hasattr(prompt, "prompt_ids") else prompt
+    text = generate(model, tokenizer, ids, max_new_tokens=args.max_new_tokens).strip()
+    prompt_text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    body = f"[bold]prompt[/]\n{escape(prompt_text)}\n\n"
+    matched = False
     if sample is not None:
-        reference = tokenizer.decode(sample.reference_ids, skip_special_tokens=True)
-        body += f"[bold]reference[/]\n{str(reference).strip()}\n\n"
-    shown = text.strip() or (
-        "[dim](nothing: the model emitted end-of-sequence at once; a tiny random model "
-        "needs far more training than a demo to write text)[/]"
-    )
-    body += f"[bold]generated[/] (greedy, merged model)\n{shown}"
+        reference = tokenizer.decode(sample.reference_ids, skip_special_tokens=True).strip()
+        matched = text == reference
+        body += f"[bold]reference[/]\n{escape(reference)}\n\n"
+    shown = escape(text) or "[dim](nothing: the model emitted end-of-sequence at once)[/]"
+    verdict = ""
+    if sample is not None:
+        verdict = " [green]✓ matches the reference[/]" if matched else " [yellow]✗ differs[/]"
+    body += f"[bold]generated[/] (greedy, {how}){verdict}\n{shown}"
     console.print(Panel(body, title=f"sample: {title}", expand=False))
+    return matched

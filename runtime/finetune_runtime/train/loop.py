@@ -40,12 +40,14 @@ from finetune_runtime.train.console import StepDisplay, eval_line, format_metric
 from finetune_runtime.train.optim import build_optimizer, build_scheduler
 from finetune_runtime.train.plan import TrainingPlan, make_plan
 from finetune_runtime.train.signals import GracefulStop
+from finetune_runtime.train.tracking import Tracking, check_installed, eval_metrics, open_tracking
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "train_summary.json"
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
+TRAIN_SAMPLES = 3  # training prompts `finetune run` shows generations for
 
 
 @dataclass
@@ -72,7 +74,8 @@ class TrainResult:
     weights_dir: Path | None  # output_dir/adapter or output_dir/model, when completed
     summary: dict[str, Any] = field(default_factory=dict)
     sample: Sample | None = None  # a held-out prompt (else a training one), to look at generations
-    train_sample: Sample | None = None  # a prompt the model was trained on
+    train_samples: list[Sample] = field(default_factory=list)  # prompts it was trained on
+    held_out: Sample | None = None  # a prompt from the eval split, never trained on
 
 
 # --------------------------------------------------------------------------- data
@@ -220,6 +223,8 @@ class Trainer:
         self.tokens = 0
         self.train_seconds = 0.0
         self.resumed_from: str | None = None
+        self.tracking = Tracking()
+        self.tracking_ids: dict[str, str] = {}  # run ids of a resumed run's trackers
 
     # -- setup --------------------------------------------------------------
 
@@ -243,6 +248,7 @@ class Trainer:
 
         config, backend = self.config, self.backend
         training = config.training
+        check_installed(config)  # before minutes of loading, not after
         self.reporter.set_state("loading", "loading model and data")
         source = models.resolve_model_source(config.base_model, self.options.base_dir)
         self.tokenizer = models.load_tokenizer(config, source, self.options.base_dir)
@@ -279,6 +285,7 @@ class Trainer:
         self.writer = CheckpointWriter(self.output_dir, backend, training.save_total_limit)
 
         self.step = self._resume()
+        self.tracking = open_tracking(config, is_main=backend.is_main, resume_ids=self.tracking_ids)
         hook = models.adapter_step_hook(backend.unwrap(), self.step)
         if hook is not None:
             if config.deepspeed:
@@ -344,6 +351,7 @@ class Trainer:
         self.tokens = int(state.get("tokens", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.resumed_from = str(path)
+        self.tracking_ids = dict(state.get("tracking", {}))
         if self.backend.is_main:
             pos = plan.position(step)
             log.info(
@@ -371,6 +379,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "history": self.history,
             "eval_history": self.eval_history,
+            "tracking": self.tracking.run_ids(),
         }
 
     def _export(self, directory: Path, *, with_tokenizer: bool = True) -> None:
@@ -430,6 +439,7 @@ class Trainer:
         self.eval_history.append(
             {"step": self.step, "eval_loss": loss, "eval_perplexity": perplexity(loss)}
         )
+        self.tracking.log(self.step, eval_metrics(loss))
         self.reporter.on_eval(self.step, loss)
         self.reporter.set_state("training")
         return loss
@@ -441,17 +451,21 @@ class Trainer:
         if self.backend.is_main:  # before any compute: a bad or busy output_dir fails now
             lock = guards.claim_output_dir(self.output_dir, self._weights_name())
         self._start_server()
+        status = "failed"
         try:
             self._setup()
             with GracefulStop() as stop:
                 stopped = self._train(stop)
-            return self._finish(stopped)
+            result = self._finish(stopped)
+            status = "stopped" if stopped else "completed"
+            return result
         except BaseException as exc:
             self.reporter.set_state("failed", str(exc)[:500] or type(exc).__name__)
             if isinstance(exc, DivergedError) and self.backend.is_main:
                 _write_json_atomic(self.output_dir / SUMMARY_FILE, self.summary("diverged"))
             raise
         finally:
+            self.tracking.close(status)
             if self.server is not None:
                 self.server.stop()
             if lock is not None:
@@ -509,18 +523,30 @@ class Trainer:
                 display.advance(self.step, loss)
                 if plan.should_log(self.step):
                     elapsed = self.train_seconds + time.monotonic() - started
+                    mean_loss = sum(interval) / len(interval)
+                    tokens_per_s = self.reporter.document().tokens_per_second
                     display.line(
                         format_metrics(
                             {
                                 "step": f"{self.step}/{plan.total_steps}",
                                 "epoch": epoch,
-                                "loss": sum(interval) / len(interval),
+                                "loss": mean_loss,
                                 "lr": lr,
                                 "grad_norm": grad_norm,
-                                "tokens_per_s": self.reporter.document().tokens_per_second,
+                                "tokens_per_s": tokens_per_s,
                                 "elapsed_s": elapsed,
                             }
                         )
+                    )
+                    self.tracking.log(
+                        self.step,
+                        {
+                            "train/loss": mean_loss,
+                            "train/learning_rate": lr,
+                            "train/grad_norm": grad_norm,
+                            "train/tokens_per_second": tokens_per_s,
+                            "train/epoch": epoch,
+                        },
                     )
                     interval.clear()
                 if plan.should_eval(self.step) and self.data.eval is not None:
@@ -609,18 +635,10 @@ class Trainer:
             stopped,
             weights_dir,
             summary,
-            sample=self._sample((self.data.eval, self.data.train)),
-            train_sample=self._sample((self.data.train,)),
+            sample=next(iter(_samples(self.data.eval, 1) + _samples(self.data.train, 1)), None),
+            train_samples=_samples(self.data.train, TRAIN_SAMPLES),
+            held_out=next(iter(_samples(self.data.eval, 1)), None),
         )
-
-    @staticmethod
-    def _sample(datasets: tuple[TokenizedDataset | None, ...]) -> Sample | None:
-        for dataset in datasets:
-            if dataset is not None and len(dataset):
-                found = sample_from_example(dataset[0])
-                if found is not None:
-                    return found
-        return None
 
     def _write_final_weights(self) -> Path:
         """output_dir/adapter (or model), replaced atomically (collective)."""
@@ -647,6 +665,19 @@ class Trainer:
                 shutil.rmtree(tmp, ignore_errors=True)
         self.backend.barrier()
         return final
+
+
+def _samples(dataset: TokenizedDataset | None, count: int) -> list[Sample]:
+    """Prompt/reference pairs from the first `count` rows (a packed row: its first example)."""
+    found: list[Sample] = []
+    for i in range(len(dataset) if dataset is not None else 0):
+        assert dataset is not None
+        sample = sample_from_example(dataset[i])
+        if sample is not None:
+            found.append(sample)
+        if len(found) == count:
+            break
+    return found
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
