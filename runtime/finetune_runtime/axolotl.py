@@ -121,6 +121,8 @@ SHARED_TOP_LEVEL = {
     "lora",
     "quantization",
     "training",
+    "dataset_prepared_path",
+    "dataset_processes",
 }
 
 OPTIMIZER_MAP = {
@@ -156,7 +158,6 @@ QUIET_KEYS = {
     "tokenizer_type",
     "base_model_config",
     "strict",
-    "dataset_prepared_path",
     "lora_model_dir",
     "debug",
     "push_dataset_to_hub",
@@ -430,6 +431,10 @@ _DATASET_KEYS = {
 _DATASET_CANONICAL = {
     "path",
     "format",
+    "name",
+    "split",
+    "data_files",
+    "revision",
     "splits",
     "prompt_style",
     "field_messages",
