@@ -1,4 +1,4 @@
-"""`finetune`: validate, init, train, merge, fetch, launch, run.
+"""`finetune`: validate, init, preprocess, train, merge, fetch, launch, run.
 
 Each subcommand lives in `finetune_runtime.commands.<name>` and exposes
 `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
@@ -19,7 +19,7 @@ from rich.console import Console
 from finetune_runtime import __version__
 from finetune_runtime.errors import FinetuneError
 
-COMMANDS = ("validate", "init", "train", "merge", "fetch", "launch", "run")
+COMMANDS = ("validate", "init", "preprocess", "train", "merge", "fetch", "launch", "run")
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
