@@ -140,9 +140,7 @@ class DatasetSettings(_Section):
         description="Files inside a hub dataset or a local folder to read (load_dataset's "
         "`data_files`).",
     )
-    revision: str | None = Field(
-        None, description="Hub dataset revision: a branch, tag or commit."
-    )
+    revision: str | None = Field(None, description="Hub dataset revision: a branch, tag or commit.")
     splits: Splits = Field(default_factory=Splits)
     # alpaca: the prompt style around instruction/input/output
     prompt_style: Literal["alpaca", "chat"] = "alpaca"

@@ -48,9 +48,7 @@ def main(args: argparse.Namespace) -> int:
     base_dir = Path(args.config).resolve().parent
     source = model.resolve_model_source(config.base_model, base_dir)
     tokenizer = model.load_tokenizer(config, source, base_dir)
-    done = prepare(
-        config, tokenizer, base_dir=base_dir, processes=args.processes, force=args.force
-    )
+    done = prepare(config, tokenizer, base_dir=base_dir, processes=args.processes, force=args.force)
     stats = read_meta(done.folder)["stats"]
     result = {
         "cache": str(done.folder),

@@ -94,9 +94,7 @@ def _segments(shown: str, row: Row, ctx: FormatContext) -> list[Segment]:
 
 
 def _empty() -> EncodedChunk:
-    return EncodedChunk(
-        np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros(0, np.int32)
-    )
+    return EncodedChunk(np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros(0, np.int32))
 
 
 def _flatten(encoded: list[Any]) -> EncodedChunk:

@@ -54,9 +54,7 @@ def _load(datasets: Any, spec: SourceSpec, settings: DatasetSettings) -> Any:
                 str(local)
                 if local.is_file()
                 else sorted(
-                    str(p)
-                    for p in local.iterdir()
-                    if p.is_file() and not p.name.startswith(".")
+                    str(p) for p in local.iterdir() if p.is_file() and not p.name.startswith(".")
                 )
             )
         elif local.is_dir():

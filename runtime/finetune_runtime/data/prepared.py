@@ -28,7 +28,7 @@ from finetune_runtime.data.cache import (
     is_complete,
     read_meta,
 )
-from finetune_runtime.data.pipeline import DataStats, DatasetBundle, stream_datasets
+from finetune_runtime.data.pipeline import DatasetBundle, DataStats, stream_datasets
 from finetune_runtime.data.sources import Source, open_source
 from finetune_runtime.errors import DatasetError, FinetuneError
 
@@ -178,7 +178,5 @@ def prepared_datasets(
         key, _ = cache_key(config, tokenizer, [s.fingerprint() for s in sources])
         folder = prepared_root(config) / key
         if not is_complete(folder):
-            raise DatasetError(
-                f"local rank 0 did not prepare {folder}; see its log for the reason"
-            )
+            raise DatasetError(f"local rank 0 did not prepare {folder}; see its log for the reason")
     return open_prepared(folder, config)

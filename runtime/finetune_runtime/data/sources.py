@@ -68,7 +68,9 @@ def classify(path: str, local: Path | None, remote: bool) -> SourceSpec:
             path if remote else str(local),
         )
     if local.suffix in BUILDERS:
-        return SourceSpec("files", path if remote else str(local), str(local), BUILDERS[local.suffix])
+        return SourceSpec(
+            "files", path if remote else str(local), str(local), BUILDERS[local.suffix]
+        )
     return SourceSpec("rows", path if remote else str(local), str(local))
 
 
@@ -104,8 +106,10 @@ class Source:
         if not self.remote:
             return str(f)
         path = self.settings.path
-        return path if len(files) == 1 and not Path(self.spec.location).is_dir() else (
-            f"{path.rstrip('/')}/{f.name}"
+        return (
+            path
+            if len(files) == 1 and not Path(self.spec.location).is_dir()
+            else (f"{path.rstrip('/')}/{f.name}")
         )
 
     def _file_rows(self, f: Path) -> Iterator[Row]:
@@ -163,8 +167,10 @@ class Source:
         for batch in ds.iter(batch_size=size):
             columns = list(batch)
             for values in zip(*(batch[c] for c in columns), strict=True):
-                yield self.spec.display, Row(dict(zip(columns, values, strict=True)), 0, index,
-                                             f"row {index}")
+                yield (
+                    self.spec.display,
+                    Row(dict(zip(columns, values, strict=True)), 0, index, f"row {index}"),
+                )
                 index += 1
 
     def first_row(self) -> Any:
