@@ -58,6 +58,10 @@ def render(results: dict[str, Any]) -> str:
         out += ["", *_flops(results)]
     if "operator" in results:
         out += ["", *_operator(results["operator"], results["sizes"])]
+    if "data" in results:
+        from bench.data_bench import render as render_data
+
+        out += ["", *render_data(results["data"]), f"- load: {_load(results['data'].get('load'))}"]
     if results.get("errors"):
         out += ["", "## Failed benches", ""]
         for name, error in results["errors"].items():

@@ -5,7 +5,8 @@
     python -m bench.run --only packing,flops --out /tmp/b
 
 Benches: throughput (1), packing (2), flops (3, shares the throughput rounds),
-operator (4 and 5). Results go to OUT/results.json and OUT/RESULTS.md.
+operator (4 and 5), data (7: bench/data_bench.py). Results go to OUT/results.json
+and OUT/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from bench.common import LoadLog, interleave, machine, median, run_worker
 
-BENCHES = ("throughput", "packing", "flops", "operator")
+BENCHES = ("throughput", "packing", "flops", "operator", "data")
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Sizes:
     memory_kubelet: bool = True  # measure at the steady state: every job Running
     resync: float = 5.0
     op_timeout: float = 600.0
+    data_rows: int = 200_000
+    data_repeats: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,6 +76,8 @@ QUICK = Sizes(
     memory_resync=5.0,
     memory_kubelet=False,
     op_timeout=120.0,
+    data_rows=2000,
+    data_repeats=1,
 )
 
 
@@ -245,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "lose their core to another process stall each other and swamp the signal)",
     )
     parser.add_argument("--repeats", type=int, help="rounds of the interleaved runtime benches")
+    parser.add_argument("--data-repeats", type=int, help="rounds of the data bench (default 3)")
     args = parser.parse_args(argv)
     only = {b.strip() for b in args.only.split(",") if b.strip()}
     unknown = only - set(BENCHES)
@@ -253,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else Sizes()
     if args.repeats:
         sizes.repeats = args.repeats
+    if args.data_repeats:
+        sizes.data_repeats = args.data_repeats
     out = args.out if args.out is not None else (None if args.quick else Path(__file__).parent)
 
     command = "python -m bench.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -303,6 +311,18 @@ def main(argv: list[str] | None = None) -> int:
                 results["packing"]["load"] = load.summary()
             except Exception:  # noqa: BLE001
                 results["errors"]["packing"] = traceback.format_exc()
+        if "data" in only:
+            from bench import data_bench
+
+            load = LoadLog()
+            load.sample()
+            print("data: prepare vs datasets.map, warm vs cold start", file=sys.stderr, flush=True)
+            try:
+                results["data"] = data_bench.run(sizes.data_rows, sizes.data_repeats, Path(tmp))
+                load.sample()
+                results["data"]["load"] = load.summary()
+            except Exception:  # noqa: BLE001
+                results["errors"]["data"] = traceback.format_exc()
     if "operator" in only:
         load = LoadLog()
         print("operator: latency and memory", file=sys.stderr, flush=True)
@@ -320,6 +340,11 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
         (out / "RESULTS.md").write_text(markdown)
+        if "data" in results and not args.quick:
+            from bench.common import merge_headline
+            from bench.data_bench import headline
+
+            merge_headline(headline(results["data"]["summary"]), out / "headline.json")
         print(f"wrote {out / 'RESULTS.md'} and {out / 'results.json'}", file=sys.stderr)
     else:
         print(markdown)
