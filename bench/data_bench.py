@@ -236,17 +236,21 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for r in runs:
         if "tokens" in r and "seconds" in r:
             r["tokens_per_s"] = r["tokens"] / r["seconds"]
+            r["tokens_per_cpu_s"] = r["tokens"] / r["cpu_seconds"]
 
     def med(variant: str, key: str) -> float | None:
         values = [r[key] for r in runs if r["variant"] == variant and key in r]
         return median(values) if values else None
 
     tps = _paired(runs, "prepare", "datasets_map", "tokens_per_s")
+    per_cpu = _paired(runs, "prepare", "datasets_map", "tokens_per_cpu_s")
     start = _paired(runs, "start_warm", "start_cold", "seconds")
     variants = sorted({r["variant"] for r in runs})
     return {
         "prepare_ratio": median(tps) if tps else None,
         "prepare_ratio_runs": [round(x, 3) for x in tps],
+        "prepare_cpu_ratio": median(per_cpu) if per_cpu else None,
+        "prepare_cpu_ratio_runs": [round(x, 3) for x in per_cpu],
         "start_ratio": median(start) if start else None,
         "start_ratio_runs": [round(x, 3) for x in start],
         "variants": {
@@ -257,6 +261,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                     "cpu_seconds",
                     "tokens",
                     "tokens_per_s",
+                    "tokens_per_cpu_s",
                     "peak_rss_mib",
                     "peak_worker_rss_mib",
                     "cache_bytes",
@@ -319,6 +324,10 @@ def render(data: dict[str, Any]) -> list[str]:
         f"- prepare tokens/s, ours ÷ baseline: **{ratio:.2f}×** (runs {s['prepare_ratio_runs']})"
         if ratio is not None
         else "- prepare ratio: not measured",
+        f"- prepare tokens per CPU-second, ours ÷ baseline: {s['prepare_cpu_ratio']:.2f}× "
+        f"(runs {s['prepare_cpu_ratio_runs']}; CPU time of the process and its workers)"
+        if s.get("prepare_cpu_ratio") is not None
+        else "- prepare CPU ratio: not measured",
         f"- time to the first step, warm ÷ cold: **{start:.3f}** (runs {s['start_ratio_runs']})"
         if start is not None
         else "- warm/cold: not measured",

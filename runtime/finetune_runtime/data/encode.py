@@ -11,6 +11,7 @@ memory stays bounded however large the dataset is. Worker processes are forked
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 from collections import deque
@@ -146,10 +147,15 @@ def encode_chunks(
 
     Raises the first row's DatasetError, in row order, as the serial loop would.
     """
-    if processes <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        for rows, is_eval in chunks:
+    first = next(chunks, None)
+    second = next(chunks, None) if first is not None else None
+    ahead = itertools.chain([c for c in (first, second) if c is not None], chunks)
+    single = second is None  # one chunk: forking would cost more than it saves
+    if processes <= 1 or single or "fork" not in multiprocessing.get_all_start_methods():
+        for rows, is_eval in ahead:
             yield _checked(encoder(rows, is_eval))
         return
+    chunks = ahead
     global _WORKER
     _WORKER = encoder
     # Processes give the parallelism; Rust threads per process would oversubscribe.
