@@ -136,3 +136,25 @@ def test_preprocess_then_train_reuses_the_cache(tmp_path, caplog):
     assert "reusing the prepared dataset cache" in caplog.text
     assert "preparing the dataset cache" not in caplog.text
     assert (tmp_path / "out" / "adapter").is_dir()
+
+
+def test_parquet_sources_are_keyed_by_their_content(tiny_tokenizer, tmp_path, hf_datasets_cache):
+    import datasets
+
+    rows = [{"text": f"row number {i}"} for i in range(5)]
+    path = tmp_path / "rows.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    cfg = parse_config(
+        {
+            "base_model": "builtin:tiny-llama",
+            "datasets": [{"path": str(path)}],
+            "output_dir": str(tmp_path / "out"),
+            "training": {"sequence_len": 64},
+        }
+    )
+    first = prepare(cfg, tiny_tokenizer)
+    assert prepare(cfg, tiny_tokenizer).reused
+    datasets.Dataset.from_list(rows[:3]).to_parquet(str(path))
+    rebuilt = prepare(cfg, tiny_tokenizer)
+    assert not rebuilt.reused and rebuilt.key != first.key
+    assert len(open_prepared(rebuilt.folder, cfg).train) == 3

@@ -184,16 +184,25 @@ class Source:
         h = hashlib.sha256()
         s = self.settings
         h.update(repr((self.spec.kind, s.path, s.name, s.split, s.data_files, s.revision)).encode())
+        root = Path(self.spec.location)
         for f in self.content_files():
-            h.update(f.name.encode())
+            h.update(str(f.relative_to(root) if f.is_relative_to(root) else f.name).encode())
             with f.open("rb") as fh:
                 while block := fh.read(HASH_BLOCK):
                     h.update(block)
         return h.hexdigest()
 
     def content_files(self) -> list[Path]:
+        """The files whose bytes define the rows: the data files themselves for local
+        sources (no Arrow conversion needed to check a cache), the Arrow files `datasets`
+        maps for hub ids."""
         if self.spec.kind == "rows":
             return self._json_files()
+        if self.spec.kind in ("files", "disk"):
+            local = Path(self.spec.location)
+            if local.is_file():
+                return [local]
+            return sorted(p for p in local.rglob("*") if p.is_file() and not p.name.startswith("."))
         ds = self.dataset()
         return sorted(Path(c["filename"]) for c in ds.cache_files)
 
