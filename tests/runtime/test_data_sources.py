@@ -102,6 +102,7 @@ def test_parquet_csv_arrow_and_save_to_disk_match_jsonl(
     shards.mkdir()
     table.select(range(3)).to_parquet(str(shards / "a.parquet"))
     table.select(range(3, 6)).to_parquet(str(shards / "b.parquet"))
+    (shards / "README.md").write_text("not data")
 
     for path in ("rows.parquet", "rows.csv", str(arrow), "saved", "shards"):
         bundle = build_datasets(config({"path": path}), tiny_tokenizer, base_dir=tmp_path)

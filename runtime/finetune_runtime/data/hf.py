@@ -47,6 +47,8 @@ def _load(datasets: Any, spec: SourceSpec, settings: DatasetSettings) -> Any:
     if spec.kind == "files":
         from pathlib import Path
 
+        from finetune_runtime.data.sources import BUILDERS
+
         local = Path(spec.location)
         data_files = settings.data_files
         if data_files is None:
@@ -54,7 +56,9 @@ def _load(datasets: Any, spec: SourceSpec, settings: DatasetSettings) -> Any:
                 str(local)
                 if local.is_file()
                 else sorted(
-                    str(p) for p in local.iterdir() if p.is_file() and not p.name.startswith(".")
+                    str(p)
+                    for p in local.iterdir()
+                    if p.is_file() and BUILDERS.get(p.suffix) == spec.builder
                 )
             )
         elif local.is_dir():
