@@ -62,6 +62,10 @@ def render(results: dict[str, Any]) -> str:
         from bench.serve_bench import render as render_serve
 
         out += ["", *render_serve(results["serve"])]
+    if "data" in results:
+        from bench.data_bench import render as render_data
+
+        out += ["", *render_data(results["data"]), f"- load: {_load(results['data'].get('load'))}"]
     if results.get("errors"):
         out += ["", "## Failed benches", ""]
         for name, error in results["errors"].items():

@@ -5,8 +5,9 @@
     python -m bench.run --only packing,flops --out /tmp/b
 
 Benches: throughput (1), packing (2), flops (3, shares the throughput rounds),
-operator (4 and 5), serve (`finetune serve` vs sequential generate). Results go to
-OUT/results.json and OUT/RESULTS.md; headline keys are merged into OUT/headline.json.
+operator (4 and 5), serve (`finetune serve` vs sequential generate), data (7:
+bench/data_bench.py). Results go to OUT/results.json and OUT/RESULTS.md; headline keys are
+merged into OUT/headline.json.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from bench.common import LoadLog, interleave, machine, median, run_worker
 
-BENCHES = ("throughput", "packing", "flops", "operator", "serve")
+BENCHES = ("throughput", "packing", "flops", "operator", "serve", "data")
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Sizes:
     serve_requests: int = 64
     serve_max_tokens: int = 32
     serve_repeats: int = 3
+    data_rows: int = 200_000
+    data_repeats: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,6 +75,8 @@ QUICK = Sizes(
     serve_requests=8,
     serve_max_tokens=4,
     serve_repeats=1,
+    data_rows=2000,
+    data_repeats=1,
 )
 
 
@@ -267,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "lose their core to another process stall each other and swamp the signal)",
     )
     parser.add_argument("--repeats", type=int, help="rounds of the interleaved runtime benches")
+    parser.add_argument("--data-repeats", type=int, help="rounds of the data bench (default 3)")
     args = parser.parse_args(argv)
     only = {b.strip() for b in args.only.split(",") if b.strip()}
     unknown = only - set(BENCHES)
@@ -275,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else Sizes()
     if args.repeats:
         sizes.repeats = args.repeats
+    if args.data_repeats:
+        sizes.data_repeats = args.data_repeats
     out = args.out if args.out is not None else (None if args.quick else Path(__file__).parent)
 
     command = "python -m bench.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -325,6 +333,18 @@ def main(argv: list[str] | None = None) -> int:
                 results["packing"]["load"] = load.summary()
             except Exception:  # noqa: BLE001
                 results["errors"]["packing"] = traceback.format_exc()
+        if "data" in only:
+            from bench import data_bench
+
+            load = LoadLog()
+            load.sample()
+            print("data: prepare vs datasets.map, warm vs cold start", file=sys.stderr, flush=True)
+            try:
+                results["data"] = data_bench.run(sizes.data_rows, sizes.data_repeats, Path(tmp))
+                load.sample()
+                results["data"]["load"] = load.summary()
+            except Exception:  # noqa: BLE001
+                results["errors"]["data"] = traceback.format_exc()
     if "operator" in only:
         load = LoadLog()
         print("operator: latency and memory", file=sys.stderr, flush=True)
@@ -344,6 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
         (out / "RESULTS.md").write_text(markdown)
+        if "data" in results and not args.quick:
+            from bench.common import merge_headline
+            from bench.data_bench import headline
+
+            merge_headline(headline(results["data"]["summary"]), out / "headline.json")
         print(f"wrote {out / 'RESULTS.md'} and {out / 'results.json'}", file=sys.stderr)
     else:
         print(markdown)

@@ -140,6 +140,8 @@ SHARED_TOP_LEVEL = {
     "quantization",
     "training",
     "tracking",
+    "dataset_prepared_path",
+    "dataset_processes",
 }
 
 OPTIMIZER_MAP = {

@@ -137,10 +137,32 @@ class Splits(_Section):
 
 
 class DatasetSettings(_Section):
-    """One dataset file (JSON or JSONL), local, `s3://` or fetched into the pod."""
+    """One dataset: a local file or folder, an `s3://` object or prefix, or a hub dataset id."""
 
-    path: str
-    format: DatasetFormat = "alpaca"
+    path: str = Field(
+        description="A local .json/.jsonl/.parquet/.csv/.arrow file or folder, a save_to_disk "
+        "folder, an s3:// object or prefix, or a Hugging Face hub dataset id (from the local "
+        "cache when HF_HUB_OFFLINE=1)."
+    )
+    format: DatasetFormat | None = Field(
+        None,
+        description="alpaca, sharegpt, completion or custom; omitted: detected from the first "
+        "row (conversations/messages: sharegpt; text alone: completion; else alpaca).",
+    )
+    name: str | None = Field(
+        None, description="Dataset configuration name (load_dataset's `name`), for hub datasets."
+    )
+    split: str | None = Field(
+        None,
+        description="Which split to read from a hub dataset or a DatasetDict folder; "
+        "default 'train' (or the only split there is).",
+    )
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None,
+        description="Files inside a hub dataset or a local folder to read (load_dataset's "
+        "`data_files`).",
+    )
+    revision: str | None = Field(None, description="Hub dataset revision: a branch, tag or commit.")
     splits: Splits = Field(default_factory=Splits)
     # alpaca: the prompt style around instruction/input/output
     prompt_style: Literal["alpaca", "chat"] = "alpaca"
@@ -282,6 +304,16 @@ class FineTuneConfig(_Section):
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     output_dir: str = "./outputs"
     seed: int = 42
+    dataset_prepared_path: str | None = Field(
+        None,
+        description="Folder for the tokenized, packed dataset cache (`finetune preprocess`); "
+        "default: output_dir/prepared_data. Each cache lives in a subfolder named by a hash "
+        "of everything that affects it.",
+    )
+    dataset_processes: PositiveInt | None = Field(
+        None,
+        description="Processes that tokenize while preparing the data; default: every CPU core.",
+    )
 
     @field_validator("base_model")
     @classmethod
@@ -294,6 +326,11 @@ class FineTuneConfig(_Section):
     @classmethod
     def _no_traversal(cls, value: str) -> str:
         return check_safe_path(value)
+
+    @field_validator("dataset_prepared_path")
+    @classmethod
+    def _prepared_no_traversal(cls, value: str | None) -> str | None:
+        return check_safe_path(value) if value is not None else None
 
     @field_validator("deepspeed")
     @classmethod

@@ -101,6 +101,7 @@ class DatasetError(FinetuneError):
     exit_code = EXIT_DATASET
 
     def __init__(self, message: str, path: str | None = None, line: int | None = None) -> None:
+        self.message = message
         self.path = path
         self.line = line
         where = ""

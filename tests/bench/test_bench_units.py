@@ -188,3 +188,38 @@ def test_summary_uses_paired_ratios_and_renders():
     assert "1.00 / 2.00 / 3.00" in text  # load min / median / max
     assert "4·N_mm + 6·N_ad + 12·L·d·T" in text
     assert "## Failed benches" in text and "boom" in text
+
+
+def test_data_bench_pairs_rounds_and_writes_its_headline_keys(tmp_path):
+    from bench.common import merge_headline
+    from bench.data_bench import headline, render, summarize
+
+    def run(round_: int, variant: str, **values: float) -> dict:
+        return {"round": round_, "variant": variant, **values}
+
+    runs = [
+        run(0, "datasets_map", seconds=10.0, cpu_seconds=20.0, tokens=1000),
+        run(0, "prepare", seconds=5.0, cpu_seconds=8.0, tokens=1000),
+        run(1, "prepare", seconds=8.0, cpu_seconds=8.0, tokens=1000),
+        run(1, "datasets_map", seconds=12.0, cpu_seconds=20.0, tokens=1000),
+        run(0, "start_cold", seconds=40.0, cpu_seconds=1.0),
+        run(0, "start_warm", seconds=10.0, cpu_seconds=1.0),
+        run(1, "start_warm", seconds=12.0, cpu_seconds=1.0),
+        run(1, "start_cold", seconds=30.0, cpu_seconds=1.0),
+        run(0, "resident_mapped", bytes_per_token=5.25, tokens=1000),
+    ]
+    summary = summarize(runs)
+    assert summary["prepare_ratio"] == pytest.approx((2.0 + 1.5) / 2)  # per-round ratios
+    assert summary["prepare_cpu_ratio"] == pytest.approx(2.5)
+    assert summary["start_ratio"] == pytest.approx((0.25 + 0.4) / 2)
+    keys = headline(summary)
+    assert keys == {
+        "data_prepare_tokens_per_s_ratio_vs_datasets_map": 1.75,
+        "data_resident_bytes_per_token": 5.25,
+        "data_warm_start_ratio_vs_cold": 0.325,
+    }
+    path = tmp_path / "headline.json"
+    path.write_text('{"other_bench_key": 3}')
+    assert merge_headline(keys, path) == {"other_bench_key": 3, **keys}  # others' keys stay
+    text = "\n".join(render({"rows": 1000, "processes": 2, "summary": summary}))
+    assert "**1.75×**" in text and "**0.325**" in text and "**5.25**" in text

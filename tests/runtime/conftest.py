@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -9,6 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Nothing is downloaded in tests: the hub is never reachable here, and huggingface_hub /
+# datasets read these at import, before any test runs (a lookup would retry for ~30 s).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 # Shared test helpers (tests/s3_server.py, ...) live one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -135,3 +141,17 @@ def second_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
     from serve_fixtures import train_outputs
 
     return train_outputs(tmp_path_factory.mktemp("serve-b"), seed=11, merged=False)
+
+
+# -- Hugging Face datasets cache -------------------------------------------------------
+
+
+@pytest.fixture
+def hf_datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private `datasets` cache (Arrow copies of parquet/csv files, hub-style entries)."""
+    import datasets
+
+    cache = tmp_path / "hf-datasets"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache

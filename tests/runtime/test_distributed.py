@@ -50,6 +50,14 @@ def test_two_nodes_rendezvous_with_the_late_node_waiting_and_train(
     ckpt = out / "checkpoint-4"
     assert (ckpt / "COMPLETE").is_file() and (ckpt / "optimizer.pt").is_file()
     assert (ckpt / "rng-rank0.pt").is_file() and (ckpt / "rng-rank1.pt").is_file()
+    # Each node's rank 0 looks for the prepared data on the shared output_dir: one builds
+    # it (under the lock), the other waits for the lock and maps the same files.
+    built = [n.output.count("prepared the dataset cache") for n in (run.node0, run.node1)]
+    assert sorted(built) == [0, 1], run.node0.output[-3000:] + run.node1.output[-3000:]
+    assert (
+        sum(n.output.count("reusing the prepared dataset cache") for n in (run.node0, run.node1))
+        == 1
+    )
 
 
 def test_sigterm_to_launch_checkpoints_all_ranks_and_the_rerun_resumes(tmp_path) -> None:
@@ -70,6 +78,8 @@ def test_sigterm_to_launch_checkpoints_all_ranks_and_the_rerun_resumes(tmp_path)
     text = log.read_text()
     assert code == 143, text[-4000:]
     assert "received SIGTERM: forwarding to torchrun" in text
+    # Rank 0 prepared the data once while rank 1 waited at the barrier.
+    assert text.count("preparing the dataset cache") == 1, text[-4000:]
     steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if "." not in p.name)
     stopped_at = steps[-1]
     assert 2 <= stopped_at < 60, text[-4000:]
@@ -82,5 +92,6 @@ def test_sigterm_to_launch_checkpoints_all_ranks_and_the_rerun_resumes(tmp_path)
     assert result["status"] == "completed" and result["steps"] == 60
     assert result["resumed_from"] == str(out / f"checkpoint-{stopped_at}")
     assert f"resumed from {out / f'checkpoint-{stopped_at}'}: step {stopped_at}" in resumed.output
+    assert "reusing the prepared dataset cache" in resumed.output  # no second tokenizing
     assert [h["step"] for h in history(config)] == list(range(1, 61))
     assert_loss_falls(history(config))

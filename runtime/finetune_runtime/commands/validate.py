@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from finetune_runtime.config import FineTuneConfig, parse_config_with_warnings
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         world_size,
         config.training.batch_size * config.training.gradient_accumulation_steps * world_size,
     )
-    _estimate_from_files(config, base_dir, plan)
+    _estimate_from_files(config, notes, plan)
     code = 0
     stats = None
     if args.check_data:
@@ -147,36 +148,52 @@ def _print_issues(console: Console, exc: ConfigError, source: str) -> None:
 # --------------------------------------------------------------------------- summary
 
 
-def _dataset_notes(config: FineTuneConfig, base_dir: Path) -> list[str]:
-    """Per dataset: where it is read from, or why it cannot be found yet."""
-    from finetune_runtime.data.readers import resolve_dataset_path
+@dataclass
+class DatasetNote:
+    """Where a dataset is read from (or why it cannot be yet), its rows and format."""
+
+    resolved: str
+    format: str | None
+    detected: bool = False
+    rows: int | None = None
+
+
+def _dataset_notes(config: FineTuneConfig, base_dir: Path) -> list[DatasetNote]:
+    """Per dataset: open it (no tokenizer), count its rows, detect its format."""
+    from finetune_runtime.data.detect import resolved
+    from finetune_runtime.data.sources import open_source
 
     notes = []
     for ds in config.datasets:
         if ds.path.startswith("s3://"):
-            notes.append("fetched from S3 at training time")
+            notes.append(DatasetNote("fetched from S3 at training time", ds.format))
             continue
         try:
-            notes.append(str(resolve_dataset_path(ds.path, base_dir)))
+            source = open_source(ds, base_dir)
+            settings, detected = resolved(ds, source.first_row())
+            where = source.spec.location
+            if source.spec.kind == "hub":
+                where = f"hub dataset {where} (from the local datasets cache or the hub)"
+            notes.append(DatasetNote(where, settings.format, detected, source.count()))
         except DatasetError as exc:
             text = str(exc)
             prefix = f"{exc.path}: "
-            notes.append(text[len(prefix) :] if text.startswith(prefix) else text)
+            notes.append(
+                DatasetNote(text[len(prefix) :] if text.startswith(prefix) else text, ds.format)
+            )
     return notes
 
 
-def _estimate_from_files(config: FineTuneConfig, base_dir: Path, plan: Plan) -> None:
-    """Count rows of local datasets (no tokenizer): an estimate before packing."""
-    from finetune_runtime.data.readers import load_rows
+def _estimate_from_files(config: FineTuneConfig, notes: list[DatasetNote], plan: Plan) -> None:
+    """Training rows of the datasets (no tokenizer): an estimate before packing."""
     from finetune_runtime.data.splits import validation_count
 
     total = 0
-    for i, ds in enumerate(config.datasets):
-        if ds.path.startswith("s3://"):
+    for i, (ds, note) in enumerate(zip(config.datasets, notes, strict=True)):
+        if note.rows is None:
             return
         try:
-            rows = len(load_rows(ds.path, base_dir))
-            total += rows - validation_count(ds.splits, rows, f"datasets[{i}]")
+            total += note.rows - validation_count(ds.splits, note.rows, f"datasets[{i}]")
         except DatasetError:
             return
     _estimate(config, plan, total, "rows in the files, before packing")
@@ -194,7 +211,7 @@ def _estimate(config: FineTuneConfig, plan: Plan, rows: int, how: str) -> None:
     plan.total_steps = trainer_plan.total_steps
 
 
-def _summary(config: FineTuneConfig, plan: Plan, notes: list[str]) -> dict[str, Any]:
+def _summary(config: FineTuneConfig, plan: Plan, notes: list[DatasetNote]) -> dict[str, Any]:
     t = config.training
     return {
         "base_model": config.base_model,
@@ -202,7 +219,13 @@ def _summary(config: FineTuneConfig, plan: Plan, notes: list[str]) -> dict[str, 
         "quantization": config.quantization.model_dump() if config.quantization else None,
         "deepspeed": config.deepspeed,
         "datasets": [
-            {"path": ds.path, "format": ds.format, "resolved": note}
+            {
+                "path": ds.path,
+                "format": note.format,
+                "format_detected": note.detected,
+                "rows": note.rows,
+                "resolved": note.resolved,
+            }
             for ds, note in zip(config.datasets, notes, strict=True)
         ],
         "world_size": plan.world_size,
@@ -221,7 +244,7 @@ def _summary(config: FineTuneConfig, plan: Plan, notes: list[str]) -> dict[str, 
     }
 
 
-def _summary_table(config: FineTuneConfig, plan: Plan, notes: list[str]) -> Table:
+def _summary_table(config: FineTuneConfig, plan: Plan, notes: list[DatasetNote]) -> Table:
     t = config.training
     table = Table(title="finetune config", show_header=False, title_justify="left")
     table.add_column("key", style="bold")
@@ -234,7 +257,8 @@ def _summary_table(config: FineTuneConfig, plan: Plan, notes: list[str]) -> Tabl
         adapter += f", r={config.lora.r} alpha={config.lora.alpha:g}"
     table.add_row("adapter", adapter)
     for i, (ds, note) in enumerate(zip(config.datasets, notes, strict=True)):
-        table.add_row(f"dataset {i}", f"{ds.path} [{ds.format}]\n  → {note}")
+        fmt = f"{note.format or 'auto'}{', detected' if note.detected else ''}"
+        table.add_row(f"dataset {i}", escape(f"{ds.path} [{fmt}]\n  → {note.resolved}"))
     table.add_row(
         "effective batch",
         f"{plan.effective_batch} = {t.batch_size} (batch) × {t.gradient_accumulation_steps} "
@@ -307,7 +331,7 @@ def _data_table(stats: Any) -> Table:
             table.add_column(column, justify="right")
     for ds in stats.datasets:
         table.add_row(
-            f"{ds.path} [{ds.format}]",
+            escape(f"{ds.path} [{ds.format}{', detected' if ds.format_detected else ''}]"),
             str(ds.rows),
             str(ds.train_examples),
             str(ds.eval_examples),

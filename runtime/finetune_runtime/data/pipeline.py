@@ -1,30 +1,36 @@
-"""build_datasets: config + tokenizer -> tokenized (and optionally packed) train/eval sets."""
+"""Config + tokenizer -> tokenized (and optionally packed) train/eval examples.
+
+`stream_datasets` reads every dataset entry in bounded chunks, tokenizes them on
+`processes` cores and hands the results to a sink: `MemorySink` for
+`build_datasets` (in-memory lists), the prepared cache's writer for training
+(finetune_runtime.data.cache). Both produce the same examples, token for token.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from torch.utils.data import Dataset
 
 from finetune_runtime.config import DatasetSettings, FineTuneConfig
+from finetune_runtime.data.detect import resolved
+from finetune_runtime.data.encode import ChunkEncoder, EncodedChunk, encode_chunks
 from finetune_runtime.data.formats import (
     FormatContext,
     Renderer,
-    RowError,
-    Segment,
     check_settings,
     needs_chat_template,
-    row_segments,
 )
 from finetune_runtime.data.packing import pack_examples
-from finetune_runtime.data.readers import Row, load_rows
-from finetune_runtime.data.splits import split_indices, validation_count
+from finetune_runtime.data.readers import Row
+from finetune_runtime.data.sources import Source, open_source
+from finetune_runtime.data.splits import validation_count, validation_indices
 from finetune_runtime.data.templates import resolve_chat_template
-from finetune_runtime.data.tokenize import Encoded, SegmentTokenizer
+from finetune_runtime.data.tokenize import SegmentTokenizer
 from finetune_runtime.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -71,6 +77,7 @@ class DatasetStats:
     truncated: int = 0  # examples cut at sequence_len (train + eval)
     dropped: int = 0  # examples with nothing left to train on after truncation
     chat_template: str | None = None
+    format_detected: bool = False  # `format` was omitted and detected from the first row
 
 
 @dataclass
@@ -92,54 +99,49 @@ class DataStats:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataStats:
+        fields = dict(data)
+        fields["datasets"] = [DatasetStats(**d) for d in data.get("datasets", [])]
+        return cls(**fields)
+
 
 @dataclass
 class DatasetBundle:
-    train: TokenizedDataset
-    eval: TokenizedDataset | None
+    train: Any  # TokenizedDataset, or the prepared cache's MappedDataset
+    eval: Any | None
     stats: DataStats
 
 
-def build_datasets(
-    config: FineTuneConfig, tokenizer: Any, *, base_dir: Path | None = None
-) -> DatasetBundle:
-    """Read, format, tokenize, split and (optionally) pack every dataset in `config`.
+class ExampleSink(Protocol):
+    """Receives encoded examples in order; `split` is "train" or "eval"."""
 
-    Raises DatasetError naming file:line and field for the first bad row.
+    def add(self, split: str, chunk: EncodedChunk) -> None: ...
+
+
+class MemorySink:
+    def __init__(self) -> None:
+        self.examples: dict[str, list[dict[str, list[int]]]] = {"train": [], "eval": []}
+
+    def add(self, split: str, chunk: EncodedChunk) -> None:
+        self.examples[split].extend(chunk.examples())
+
+
+def build_datasets(
+    config: FineTuneConfig,
+    tokenizer: Any,
+    *,
+    base_dir: Path | None = None,
+    processes: int | None = None,
+) -> DatasetBundle:
+    """Read, format, tokenize, split and (optionally) pack every dataset, in memory.
+
+    Raises DatasetError naming file:line (or row) and field for the first bad row.
     """
     training = config.training
-    encoder = SegmentTokenizer(tokenizer, training.sequence_len)
-    stats = DataStats(training.sequence_len, training.sample_packing)
-    train: list[dict[str, list[int]]] = []
-    evals: list[dict[str, list[int]]] = []
-    for i, settings in enumerate(config.datasets):
-        ds_train, ds_eval, ds_stats = _build_one(
-            i, settings, config, tokenizer, encoder, base_dir, stats
-        )
-        train.extend(ds_train)
-        evals.extend(ds_eval)
-        stats.datasets.append(ds_stats)
-        log.info(
-            "dataset %s: %d rows -> %d train / %d eval examples, %d train tokens "
-            "(%d truncated, %d dropped)",
-            ds_stats.path,
-            ds_stats.rows,
-            ds_stats.train_examples,
-            ds_stats.eval_examples,
-            ds_stats.train_tokens,
-            ds_stats.truncated,
-            ds_stats.dropped,
-        )
-    if not train:
-        dropped = sum(s.dropped for s in stats.datasets)
-        raise DatasetError(
-            f"no usable training examples: all {dropped} were dropped because nothing trainable "
-            f"was left after truncating to sequence_len={training.sequence_len}; raise "
-            "training.sequence_len or shorten the prompts"
-        )
-    stats.train_examples, stats.eval_examples = len(train), len(evals)
-    stats.train_tokens = sum(len(e["input_ids"]) for e in train)
-    stats.eval_tokens = sum(len(e["input_ids"]) for e in evals)
+    sink = MemorySink()
+    stats = stream_datasets(config, tokenizer, sink, base_dir=base_dir, processes=processes)
+    train, evals = sink.examples["train"], sink.examples["eval"]
     if training.sample_packing:
         train_set = TokenizedDataset(pack_examples(train, training.sequence_len), packed=True)
         eval_set = (
@@ -156,16 +158,67 @@ def build_datasets(
     return DatasetBundle(train_set, eval_set, stats)
 
 
-def _build_one(
+def stream_datasets(
+    config: FineTuneConfig,
+    tokenizer: Any,
+    sink: ExampleSink,
+    *,
+    base_dir: Path | None = None,
+    processes: int | None = None,
+    sources: list[Source] | None = None,
+) -> DataStats:
+    """Encode every dataset entry into `sink` (train examples of entry 0, then of entry 1,
+    ...; eval likewise) and return the statistics; packing is the sink's business."""
+    from finetune_runtime.data.sources import default_processes
+
+    training = config.training
+    encoder = SegmentTokenizer(tokenizer, training.sequence_len)
+    stats = DataStats(training.sequence_len, training.sample_packing)
+    procs = processes or config.dataset_processes or default_processes()
+    for i, settings in enumerate(config.datasets):
+        source = sources[i] if sources is not None else open_source(settings, base_dir)
+        ds_stats = _stream_one(i, settings, source, config, tokenizer, encoder, stats, sink, procs)
+        stats.datasets.append(ds_stats)
+        log.info(
+            "dataset %s [%s%s]: %d rows -> %d train / %d eval examples, %d train tokens "
+            "(%d truncated, %d dropped)",
+            ds_stats.path,
+            ds_stats.format,
+            ", detected" if ds_stats.format_detected else "",
+            ds_stats.rows,
+            ds_stats.train_examples,
+            ds_stats.eval_examples,
+            ds_stats.train_tokens,
+            ds_stats.truncated,
+            ds_stats.dropped,
+        )
+    stats.train_examples = sum(d.train_examples for d in stats.datasets)
+    stats.eval_examples = sum(d.eval_examples for d in stats.datasets)
+    stats.train_tokens = sum(d.train_tokens for d in stats.datasets)
+    stats.eval_tokens = sum(d.eval_tokens for d in stats.datasets)
+    if not stats.train_examples:
+        dropped = sum(s.dropped for s in stats.datasets)
+        raise DatasetError(
+            f"no usable training examples: all {dropped} were dropped because nothing trainable "
+            f"was left after truncating to sequence_len={training.sequence_len}; raise "
+            "training.sequence_len or shorten the prompts"
+        )
+    return stats
+
+
+def _stream_one(
     index: int,
     settings: DatasetSettings,
+    source: Source,
     config: FineTuneConfig,
     tokenizer: Any,
     encoder: SegmentTokenizer,
-    base_dir: Path | None,
     stats: DataStats,
-) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]], DatasetStats]:
+    sink: ExampleSink,
+    processes: int,
+) -> DatasetStats:
     where = f"datasets[{index}]"
+    settings, detected = resolved(settings, source.first_row())
     check_settings(settings, where)
     renderer = None
     if needs_chat_template(settings):
@@ -174,56 +227,43 @@ def _build_one(
         )
         renderer = Renderer.for_tokenizer(template.text, template.name, tokenizer)
     ctx = FormatContext(settings, config.training.train_on_inputs, renderer)
-    rows = load_rows(settings.path, base_dir)
     ds_stats = DatasetStats(
         settings.path,
-        settings.format,
-        rows=len(rows),
+        str(settings.format),
         chat_template=renderer.name if renderer else None,
+        format_detected=detected,
     )
-    count = validation_count(settings.splits, len(rows), where)
-    train_idx, eval_idx = split_indices(len(rows), count, config.seed, index)
-    ds_stats.train_rows, ds_stats.eval_rows = len(train_idx), len(eval_idx)
-    train = _encode_rows([rows[i] for i in train_idx], ctx, encoder, ds_stats)
-    evals = _encode_rows([rows[i] for i in eval_idx], ctx, encoder, ds_stats)
-    ds_stats.train_examples, ds_stats.eval_examples = len(train), len(evals)
-    ds_stats.train_tokens = sum(len(e["input_ids"]) for e in train)
-    ds_stats.eval_tokens = sum(len(e["input_ids"]) for e in evals)
-    ds_stats.trainable_tokens = sum(
-        sum(1 for label in e["labels"][1:] if label != -100) for e in train
-    )
-    return train, evals, ds_stats
-
-
-def _encode_rows(
-    rows: Sequence[tuple[str, Row]],
-    ctx: FormatContext,
-    encoder: SegmentTokenizer,
-    ds_stats: DatasetStats,
-) -> list[dict[str, list[int]]]:
-    kept: list[dict[str, list[int]]] = []
-    for start in range(0, len(rows), CHUNK_ROWS):
-        chunk = rows[start : start + CHUNK_ROWS]
-        segments = [_segments(shown, row, ctx) for shown, row in chunk]
-        for encoded in encoder.encode_many(segments):
-            ds_stats.truncated += encoded.truncated
-            if encoded.trainable == 0:
-                ds_stats.dropped += 1
+    eval_rows: set[int] = set()
+    if settings.splits.validation > 0:
+        total = source.count()
+        count = validation_count(settings.splits, total, where)
+        eval_rows = validation_indices(total, count, config.seed, index)
+    chunks = _with_split(source.chunks(CHUNK_ROWS), eval_rows)
+    for result in encode_chunks(ChunkEncoder(ctx, encoder), chunks, processes):
+        ds_stats.rows += result.rows
+        for split, part in (("train", result.train), ("eval", result.eval)):
+            ds_stats.truncated += part.truncated
+            ds_stats.dropped += part.dropped
+            if not len(part.lengths):
                 continue
-            kept.append(_as_example(encoded))
-    return kept
+            sink.add(split, part)
+            if split == "train":
+                ds_stats.train_examples += len(part.lengths)
+                ds_stats.train_tokens += len(part.ids)
+                ds_stats.trainable_tokens += part.trainable_tokens
+            else:
+                ds_stats.eval_examples += len(part.lengths)
+                ds_stats.eval_tokens += len(part.ids)
+    ds_stats.eval_rows = len(eval_rows)
+    ds_stats.train_rows = ds_stats.rows - ds_stats.eval_rows
+    return ds_stats
 
 
-def _segments(shown: str, row: Row, ctx: FormatContext) -> list[Segment]:
-    try:
-        return row_segments(row.data, ctx)
-    except RowError as exc:
-        where = "" if row.label.startswith("line") else f"{row.label}: "
-        what = f"field {exc.field!r}: " if exc.field else ""
-        raise DatasetError(
-            f"{where}{what}{exc.message} (format {ctx.settings.format})", shown, row.line
-        ) from exc
-
-
-def _as_example(encoded: Encoded) -> dict[str, list[int]]:
-    return {"input_ids": encoded.input_ids, "labels": encoded.labels}
+def _with_split(
+    chunks: Iterator[list[tuple[str, Row]]], eval_rows: set[int]
+) -> Iterator[tuple[list[tuple[str, Row]], list[bool]]]:
+    """Each chunk with a flag per row: does it go to the validation split?"""
+    position = 0
+    for chunk in chunks:
+        yield chunk, [position + k in eval_rows for k in range(len(chunk))]
+        position += len(chunk)

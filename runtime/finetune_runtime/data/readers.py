@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,9 @@ class Row:
     """One raw record: its data and where it came from."""
 
     data: Any
-    line: int  # 1-based line where the record starts
+    line: int  # 1-based line where the record starts; 0 for Arrow rows (no lines)
     index: int  # 0-based position in the file (JSONL: among non-blank lines)
-    label: str  # how errors refer to it: "line 7" or "item [3]"
+    label: str  # how errors refer to it: "line 7", "item [3]" or "row 3"
 
 
 def resolve_dataset_path(path: str, base_dir: Path | None = None) -> Path:
@@ -57,15 +58,24 @@ def resolve_dataset_path(path: str, base_dir: Path | None = None) -> Path:
         candidate = Path(base_dir) / candidate
     if candidate.exists():
         return candidate
-    if not path.endswith(DATA_SUFFIXES) and _HUB_ID.match(path) and not path.startswith("."):
+    if looks_like_hub_id(path):
         raise DatasetError(
             f"no local file {str(candidate)!r}, and {path!r} looks like a Hugging Face hub "
-            "dataset id: hub datasets cannot be downloaded here. Export it to a local "
-            ".jsonl/.json file (or upload it to S3) and set `path` to that file or s3:// URI.",
+            "dataset id",
             path,
         )
     where = f" (relative paths are resolved from {base_dir})" if base_dir is not None else ""
     raise DatasetError(f"dataset file not found: {candidate}{where}", path)
+
+
+def looks_like_hub_id(path: str) -> bool:
+    """`org/name` or `name` with no data-file suffix, as hub dataset ids are written."""
+    return (
+        not path.endswith(DATA_SUFFIXES)
+        and "://" not in path
+        and bool(_HUB_ID.match(path))
+        and not path.startswith(".")
+    )
 
 
 def dataset_files(local: Path) -> list[Path]:
@@ -122,6 +132,51 @@ def load_rows(path: str, base_dir: Path | None = None) -> list[tuple[str, Row]]:
     return rows
 
 
+def iter_jsonl_rows(path: Path, shown: str) -> Iterator[Row]:
+    """The records of a JSON-lines file, streamed one line at a time (bounded memory).
+
+    Same rows and errors as `read_rows`, except that the first bad line is reported
+    even when a later line is not UTF-8.
+    """
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise DatasetError(f"cannot read dataset: {exc.strerror}", shown) from exc
+    count = 0
+    with fh:
+        for number, raw in enumerate(fh, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DatasetError(
+                    f"not UTF-8 text (invalid byte 0x{raw[exc.start]:02x}); re-encode the file "
+                    "as UTF-8",
+                    shown,
+                    number,
+                ) from exc
+            if not line.strip():
+                continue
+            yield Row(_parse_line(line, shown, number), number, count, f"line {number}")
+            count += 1
+    if count == 0:
+        raise DatasetError("dataset file is empty", shown)
+
+
+def _parse_line(line: str, shown: str, number: int) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(
+            f"malformed JSON at column {exc.colno}: {exc.msg} (each line must be one JSON object)",
+            shown,
+            number,
+        ) from exc
+    except (ValueError, RecursionError) as exc:
+        raise DatasetError(_unreadable(exc), shown, number) from exc
+
+
 def _read_jsonl(text: str, shown: str) -> list[Row]:
     rows: list[Row] = []
     # Only '\n' ends a line: JSON strings may hold U+2028, U+0085, ... (str.splitlines
@@ -129,18 +184,7 @@ def _read_jsonl(text: str, shown: str) -> list[Row]:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(
-                f"malformed JSON at column {exc.colno}: {exc.msg} (each line must be one JSON "
-                "object)",
-                shown,
-                number,
-            ) from exc
-        except (ValueError, RecursionError) as exc:
-            raise DatasetError(_unreadable(exc), shown, number) from exc
-        rows.append(Row(data, number, len(rows), f"line {number}"))
+        rows.append(Row(_parse_line(line, shown, number), number, len(rows), f"line {number}"))
     return rows
 
 

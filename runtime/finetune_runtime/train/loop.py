@@ -22,7 +22,6 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from finetune_runtime.config import FineTuneConfig
-from finetune_runtime.data.pipeline import TokenizedDataset
 from finetune_runtime.data.tokenize import IGNORE_INDEX
 from finetune_runtime.errors import CheckpointError, ConfigError, DivergedError
 from finetune_runtime.generate import Sample, sample_from_example
@@ -244,7 +243,8 @@ class Trainer:
         from transformers import set_seed
 
         from finetune_runtime import model as models
-        from finetune_runtime.data import build_datasets, make_collator
+        from finetune_runtime.data import make_collator
+        from finetune_runtime.data.prepared import prepared_datasets
 
         config, backend = self.config, self.backend
         training = config.training
@@ -252,7 +252,13 @@ class Trainer:
         self.reporter.set_state("loading", "loading model and data")
         source = models.resolve_model_source(config.base_model, self.options.base_dir)
         self.tokenizer = models.load_tokenizer(config, source, self.options.base_dir)
-        self.data = build_datasets(config, self.tokenizer, base_dir=self.options.base_dir)
+        self.data = prepared_datasets(
+            config,
+            self.tokenizer,
+            base_dir=self.options.base_dir,
+            local_rank=backend.local_rank,
+            barrier=backend.barrier,
+        )
         self.collate = make_collator(self.tokenizer, config)
         self.plan: TrainingPlan = make_plan(
             training,
