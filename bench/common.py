@@ -166,3 +166,18 @@ class Stopwatch:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+
+HEADLINE = ROOT / "bench" / "headline.json"
+
+
+def merge_headline(keys: dict[str, Any], path: Path = HEADLINE) -> dict[str, Any]:
+    """Add/replace `keys` in the flat headline map shared by every bench; others' keys stay."""
+    current: dict[str, Any] = {}
+    if path.is_file():
+        current = json.loads(path.read_text(encoding="utf-8"))
+    current.update(keys)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(dict(sorted(current.items())), indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return current

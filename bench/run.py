@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.common import LoadLog, interleave, machine, median, run_worker
 
-BENCHES = ("throughput", "packing", "flops", "operator")
+BENCHES = ("throughput", "packing", "flops", "mid", "operator")
 
 
 @dataclass
@@ -49,6 +49,13 @@ class Sizes:
     memory_kubelet: bool = True  # measure at the steady state: every job Running
     resync: float = 5.0
     op_timeout: float = 600.0
+    mid_model: str = "builtin:mid-llama"
+    mid_sequence_len: int = 512
+    mid_batch_size: int = 1  # packed rows per micro-batch (HF: as many examples as they hold)
+    mid_accumulation: int = 2
+    mid_warmup: int = 1
+    mid_steps: int = 4
+    mid_repeats: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,6 +80,10 @@ QUICK = Sizes(
     memory_resync=5.0,
     memory_kubelet=False,
     op_timeout=120.0,
+    mid_model="builtin:tiny-llama",
+    mid_sequence_len=128,
+    mid_steps=1,
+    mid_repeats=1,
 )
 
 
@@ -230,6 +241,30 @@ def run_operator(sizes: Sizes, load: LoadLog) -> dict[str, Any]:
     return {"latency": latency, "harness_emulator": harness, "memory": memory}
 
 
+def _run_mid(sizes: Sizes, results: dict[str, Any], data: Path, write_headline: bool) -> None:
+    """Bench 6 (bench.mid): ours vs HF padded and HF flattened on the mid-size model."""
+    from bench.common import merge_headline
+    from bench.mid import run_rounds
+
+    print("mid model: ours vs HF Trainer padded / flattened", file=sys.stderr, flush=True)
+    args = {
+        "data": str(data),
+        "model": sizes.mid_model,
+        "batch_size": sizes.mid_batch_size,
+        "accumulation": sizes.mid_accumulation,
+        "sequence_len": sizes.mid_sequence_len,
+        "warmup": sizes.mid_warmup,
+        "steps": sizes.mid_steps,
+        "threads": 1,
+    }
+    try:
+        results["mid"] = run_rounds(args, sizes.mid_repeats, LoadLog())
+        if write_headline:
+            merge_headline(results["mid"]["headline"])
+    except Exception:  # noqa: BLE001 - one failed bench must not lose the others
+        results["errors"]["mid"] = traceback.format_exc()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (seconds)")
@@ -269,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench.data import synthetic_rows, write_jsonl
 
         synthetic = write_jsonl(Path(tmp) / "synthetic.jsonl", synthetic_rows(sizes.synthetic_rows))
+
         if only & {"throughput", "flops"}:
             variants = ("matmul_peak",) if "flops" in only else ()
             variants = ("hf_trainer", "ours", "ours_packed", *variants)
@@ -303,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["packing"]["load"] = load.summary()
             except Exception:  # noqa: BLE001
                 results["errors"]["packing"] = traceback.format_exc()
+        if "mid" in only:
+            _run_mid(sizes, results, synthetic, write_headline=out is not None and not args.quick)
     if "operator" in only:
         load = LoadLog()
         print("operator: latency and memory", file=sys.stderr, flush=True)

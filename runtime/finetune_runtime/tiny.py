@@ -71,6 +71,18 @@ BUILTINS: dict[str, TinySpec] = {
         max_position_embeddings=2048,
         model_vocab_size=32000,
     ),
+    # ~1.1 B parameters, TinyLlama-1.1B's shape: the GPU bench (bench/gpu.sh). Building it
+    # takes a minute and 4.4 GB of disk; nothing on CPU uses it.
+    "1b-llama": TinySpec(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        model_vocab_size=32000,
+    ),
 }
 
 

@@ -264,7 +264,8 @@ class Trainer:
         if training.sample_packing:
             from finetune_runtime.data import configure_model_for_packing
 
-            configure_model_for_packing(model)
+            attention = configure_model_for_packing(model, backend.device.type)
+            log.info("sample packing: padding-free rows, attention %s", attention)
         model = models.apply_adapter(config, model, self.plan.total_steps)
         self.trainable, self.total_params = models.trainable_summary(model)
         optimizer = build_optimizer(training, model)
