@@ -54,7 +54,7 @@ class Sizes:
     mid_batch_size: int = 1  # packed rows per micro-batch (HF: as many examples as they hold)
     mid_accumulation: int = 2
     mid_warmup: int = 1
-    mid_steps: int = 4
+    mid_steps: int = 3
     mid_repeats: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -60,8 +60,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
+        zeros = torch.zeros
+        grad_w = zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = (
+            zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+        )
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         w = weight.to(compute_dtype)
         for start in range(0, hidden.shape[0], chunk):
@@ -77,17 +80,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # d CE / d logits = softmax - onehot, formed in place of the logits.
             grad = logits.sub_(lse[:, None]).exp_()
             grad[torch.arange(t.shape[0], device=t.device), t] -= 1.0
-            if need_b:
+            if grad_b is not None:
                 grad_b += grad.sum(0)
             g = grad.to(compute_dtype)
             if need_h:
                 grad_h[start : start + chunk] = (g @ w).to(hidden.dtype)  # type: ignore[index]
-            if need_w:
+            if grad_w is not None:
                 grad_w += (g.T @ h).float()
         ctx.save_for_backward(
-            grad_h if need_h else None,
-            grad_w.to(weight.dtype) if need_w else None,
-            grad_b.to(bias.dtype) if need_b and bias is not None else None,
+            grad_h,
+            None if grad_w is None else grad_w.to(weight.dtype),
+            None if grad_b is None or bias is None else grad_b.to(bias.dtype),
         )
         return total
 
