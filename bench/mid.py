@@ -33,6 +33,8 @@ from typing import Any
 from bench.common import median, peak_rss_mib, rss_mib, worker_main
 
 VARIANTS = ("hf_padded", "hf_flattened", "ours")
+# Not in the default rounds: HF flattened with `bf16=True` (a user must opt in on CPU).
+EXTRA_VARIANTS = ("hf_flattened_bf16",)
 
 
 def _steps(marks: list[tuple[float, float, int]], warmup: int, steps: int) -> dict[str, Any]:
@@ -230,8 +232,10 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     if variant == "ours":
         result = run_ours(args)
-    elif variant in ("hf_padded", "hf_flattened"):
-        result = run_hf(args, flattened=variant == "hf_flattened")
+    elif variant in ("hf_padded", "hf_flattened", "hf_flattened_bf16"):
+        if variant == "hf_flattened_bf16":
+            args = {**args, "hf_precision": "bf16"}
+        result = run_hf(args, flattened=variant != "hf_padded")
     else:
         raise SystemExit(f"unknown variant {variant!r}")
     return result | {
@@ -276,7 +280,7 @@ def paired_ratios(runs: list[dict[str, Any]], variant: str, baseline: str, key: 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-variant medians and the paired per-round ratios of `ours` against each baseline."""
     table = {}
-    for v in VARIANTS:
+    for v in (*VARIANTS, *EXTRA_VARIANTS):
         mine = [r for r in runs if r["variant"] == v]
         if not mine:
             continue
@@ -290,7 +294,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "attention": mine[0]["attention"],
         }
     ratios: dict[str, Any] = {}
-    for base in ("hf_padded", "hf_flattened"):
+    for base in ("hf_padded", "hf_flattened", *EXTRA_VARIANTS):
+        if base not in table:
+            continue
         for key, name in (("tokens_per_cpu_s", "cpu"), ("tokens_per_wall_s", "wall")):
             values = paired_ratios(runs, "ours", base, key)
             ratios[f"{name}_vs_{base}"] = {"median": median(values), "rounds": values}
@@ -301,6 +307,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def headline(summary: dict[str, Any]) -> dict[str, float]:
     r = summary["ratios"]
+    if "cpu_vs_hf_padded" not in r or "cpu_vs_hf_flattened" not in r:
+        return {}
     return {
         "train_ratio_vs_hf_padded_mid": round(r["cpu_vs_hf_padded"]["median"], 3),
         "train_ratio_vs_hf_flattened_mid": round(r["cpu_vs_hf_flattened"]["median"], 3),
@@ -312,7 +320,9 @@ if __name__ == "__main__":
     sys.exit(worker_main(sys.argv[1:], worker))
 
 
-def run_rounds(args: dict[str, Any], repeats: int, load: Any) -> dict[str, Any]:
+def run_rounds(
+    args: dict[str, Any], repeats: int, load: Any, variants: tuple[str, ...] = VARIANTS
+) -> dict[str, Any]:
     """Every variant once per round, order rotated per round; `args` are the worker args
     without `variant` / `hf_batch_size` (sized here from the data)."""
     from bench.common import interleave, run_worker
@@ -320,7 +330,7 @@ def run_rounds(args: dict[str, Any], repeats: int, load: Any) -> dict[str, Any]:
     per_row, examples = examples_per_row(args["data"], args["model"], args["sequence_len"])
     args = {**args, "hf_batch_size": max(1, round(per_row * args["batch_size"]))}
     runs: list[dict[str, Any]] = []
-    for round_, variant in interleave(VARIANTS, repeats):
+    for round_, variant in interleave(variants, repeats):
         load.sample()
         result = run_worker("bench.mid", {**args, "variant": variant}, timeout=3600)
         load.sample()
@@ -334,6 +344,7 @@ def run_rounds(args: dict[str, Any], repeats: int, load: Any) -> dict[str, Any]:
         )
     summary = summarize(runs)
     return {
+        "variants_run": list(variants),
         "args": args,
         "examples": examples,
         "examples_per_row": per_row,

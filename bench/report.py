@@ -345,6 +345,7 @@ def _operator(o: dict[str, Any], sizes: dict[str, Any]) -> list[str]:
 MID_LABELS = {
     "hf_padded": "HF Trainer + peft, padded (DataCollatorForSeq2Seq)",
     "hf_flattened": "HF Trainer + peft, DataCollatorWithFlattening",
+    "hf_flattened_bf16": "HF Trainer + peft, DataCollatorWithFlattening, bf16=True",
     "ours": "ours: finetune train, defaults (precision/kernels auto, sample_packing)",
 }
 
@@ -391,7 +392,9 @@ def _mid(m: dict[str, Any]) -> list[str]:
         rows,
     )
     lines += [""]
-    for base in ("hf_padded", "hf_flattened"):
+    for base in ("hf_padded", "hf_flattened", "hf_flattened_bf16"):
+        if f"cpu_vs_{base}" not in r:
+            continue
         cpu, wall, rss = r[f"cpu_vs_{base}"], r[f"wall_vs_{base}"], r[f"rss_vs_{base}"]
         lines.append(
             f"- ours vs {base}: **{cpu['median']:.2f}x** tokens per CPU-second "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -354,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.report import render
 
     markdown = render(results)
+    if out is not None and out.resolve() != Path(__file__).resolve().parent:
+        docs = os.path.relpath(Path(__file__).resolve().parents[1] / "docs", out.resolve())
+        markdown = markdown.replace("](../docs/", f"]({docs}/")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
