@@ -34,7 +34,8 @@ from bench.common import median, peak_rss_mib, rss_mib, worker_main
 
 VARIANTS = ("hf_padded", "hf_flattened", "ours")
 # Not in the default rounds: HF flattened with `bf16=True` (a user must opt in on CPU).
-EXTRA_VARIANTS = ("hf_flattened_bf16",)
+# Ablations of ours: one default switched back at a time.
+EXTRA_VARIANTS = ("hf_flattened_bf16", "ours_fp32", "ours_kernels_none", "ours_unpacked")
 
 
 def _steps(marks: list[tuple[float, float, int]], warmup: int, steps: int) -> dict[str, Any]:
@@ -64,7 +65,9 @@ def _mark(marks: list[tuple[float, float, int]], tokens: int) -> None:
     marks.append((time.perf_counter(), time.process_time(), tokens))
 
 
-def _config(args: dict[str, Any], out: str, packed: bool, precision: str) -> Any:
+def _config(
+    args: dict[str, Any], out: str, packed: bool, precision: str, kernels: str = "auto"
+) -> Any:
     from bench.data import train_config
     from finetune_runtime.config import parse_config
 
@@ -78,12 +81,13 @@ def _config(args: dict[str, Any], out: str, packed: bool, precision: str) -> Any
         sample_packing=packed,
     )
     raw["training"]["precision"] = precision
+    raw["training"]["kernels"] = kernels
     if args.get("deepspeed"):
         raw["deepspeed"] = args["deepspeed"]
     return parse_config(raw)
 
 
-def run_ours(args: dict[str, Any]) -> dict[str, Any]:
+def run_ours(args: dict[str, Any], ablation: str = "") -> dict[str, Any]:
     from finetune_runtime.train.backend import closing, create_backend
     from finetune_runtime.train.loop import Trainer, TrainOptions
 
@@ -111,7 +115,13 @@ def run_ours(args: dict[str, Any]) -> dict[str, Any]:
             )
 
     with tempfile.TemporaryDirectory(prefix="bench-mid-") as out:
-        config = _config(args, out, packed=True, precision="auto")
+        config = _config(
+            args,
+            out,
+            packed=ablation != "unpacked",
+            precision="fp32" if ablation == "fp32" else "auto",
+            kernels="none" if ablation == "kernels_none" else "auto",
+        )
         options = TrainOptions(
             max_steps=args["warmup"] + args["steps"],
             resume=False,
@@ -230,8 +240,8 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(int(args["threads"]))
     variant = args["variant"]
     load_before = os.getloadavg()[0]
-    if variant == "ours":
-        result = run_ours(args)
+    if variant == "ours" or variant.startswith("ours_"):
+        result = run_ours(args, ablation=variant.removeprefix("ours").lstrip("_"))
     elif variant in ("hf_padded", "hf_flattened", "hf_flattened_bf16"):
         if variant == "hf_flattened_bf16":
             args = {**args, "hf_precision": "bf16"}

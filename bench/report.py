@@ -346,6 +346,9 @@ MID_LABELS = {
     "hf_padded": "HF Trainer + peft, padded (DataCollatorForSeq2Seq)",
     "hf_flattened": "HF Trainer + peft, DataCollatorWithFlattening",
     "hf_flattened_bf16": "HF Trainer + peft, DataCollatorWithFlattening, bf16=True",
+    "ours_fp32": "ours, precision fp32",
+    "ours_kernels_none": "ours, kernels none (full logits)",
+    "ours_unpacked": "ours, sample_packing off (padded)",
     "ours": "ours: finetune train, defaults (precision/kernels auto, sample_packing)",
 }
 
