@@ -160,6 +160,12 @@ def test_packed_rows_equal_separate_examples(tiny_model_dir, tiny_tokenizer, exa
     assert packed.loss.item() == pytest.approx(total_loss / total_count, rel=1e-5)
 
 
+def test_sliding_window_models_keep_their_masked_attention(tiny_model_dir):
+    model = _load(tiny_model_dir, "sdpa")
+    model.config.sliding_window = 4096
+    assert configure_model_for_packing(model, "cpu") == "sdpa"
+
+
 def test_varlen_attention_backward_matches_separate_examples(tiny_model_dir, examples):
     """Gradients through the varlen kernel equal the sum of per-example gradients."""
     model = _load(tiny_model_dir, "sdpa")

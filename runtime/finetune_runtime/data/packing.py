@@ -105,7 +105,11 @@ def configure_model_for_packing(model: Any, device_type: str = "cpu", varlen: bo
             "Load it with attn_implementation='sdpa' or turn sample_packing off."
         )
     config.use_cache = False
-    if varlen and impl in ("sdpa", "eager"):
+    # A sliding window (Mistral v0.1 and the like) is a mask the varlen kernel does not apply.
+    windowed = getattr(config, "sliding_window", None) is not None and getattr(
+        config, "use_sliding_window", True
+    )
+    if varlen and impl in ("sdpa", "eager") and not windowed:
         from finetune_runtime.train import attention
 
         attention.register()
