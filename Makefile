@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install kube kube-peers demo test test-fast lint format typecheck bench crd chart images e2e-kind clean
+.PHONY: install kube kube-peers demo test test-fast lint format typecheck bench bench-gpu crd chart images e2e-kind clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,9 @@ images:
 
 bench: $(STAMP) kube kube-peers
 	$(PY) -m bench.run
+
+bench-gpu: $(STAMP)
+	PYTHON=$(PY) bench/gpu.sh
 
 e2e-kind:
 	./scripts/e2e-kind.sh

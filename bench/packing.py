@@ -7,7 +7,9 @@ For each dataset and `sequence_len`, the examples come from our data pipeline
   each right-padded to its longest example (what our loop and DataCollatorForSeq2Seq do);
 - padded, fixed: every example padded to `sequence_len` (padding="max_length");
 - packed: our best-fit-decreasing packing into rows of `sequence_len` (the pipeline's
-  `sample_packing: true`; the collator pads every packed row to `sequence_len`).
+  `sample_packing: true`): how full the rows are. Since packing became padding-free (the
+  collator concatenates a micro-batch's rows without padding), no compute goes to the
+  gaps; the fill sets how many tokens a micro-batch of rows carries.
 """
 
 from __future__ import annotations

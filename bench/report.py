@@ -56,6 +56,8 @@ def render(results: dict[str, Any]) -> str:
         out += ["", *_packing(results["packing"])]
     if "flops" in results:
         out += ["", *_flops(results)]
+    if "mid" in results:
+        out += ["", *_mid(results["mid"])]
     if "operator" in results:
         out += ["", *_operator(results["operator"], results["sizes"])]
     if "serve" in results:
@@ -287,4 +289,70 @@ def _operator(o: dict[str, Any], sizes: dict[str, Any]) -> list[str]:
         ],
         rows,
     )
+    return lines
+
+
+MID_LABELS = {
+    "hf_padded": "HF Trainer + peft, padded (DataCollatorForSeq2Seq)",
+    "hf_flattened": "HF Trainer + peft, DataCollatorWithFlattening",
+    "hf_flattened_bf16": "HF Trainer + peft, DataCollatorWithFlattening, bf16=True",
+    "ours_fp32": "ours, precision fp32",
+    "ours_kernels_none": "ours, kernels none (full logits)",
+    "ours_unpacked": "ours, sample_packing off (padded)",
+    "ours": "ours: finetune train, defaults (precision/kernels auto, sample_packing)",
+}
+
+
+def _mid(m: dict[str, Any]) -> list[str]:
+    a = m["args"]
+    r = m["ratios"]
+    lines = [
+        "## 6. Training speed on the mid-size model vs HF Trainer (padded and flattened)",
+        "",
+        f"`{a['model']}`, LoRA r=8 on q/k/v/o, the synthetic Alpaca set ({m['examples']} "
+        f"examples); ours: {a['batch_size']} packed row(s) of {a['sequence_len']} tokens per "
+        f"micro-batch; HF: {a['hf_batch_size']} examples per micro-batch (what our rows hold: "
+        f"{m['examples_per_row']:.2f} per row); accumulation {a['accumulation']}; "
+        f"{a['steps']} optimizer steps timed after {a['warmup']}; one torch thread per worker; "
+        f"{len({x['round'] for x in m['runs']})} rounds, order rotated. Load average "
+        f"(min / median / max): {_load(m.get('load'))}.",
+        "",
+        "Headline statistic: median over rounds of (our tokens per CPU-second / the "
+        "baseline's, both measured in the same round). Wall-clock ratios beside it.",
+        "",
+    ]
+    rows = []
+    for v, row in m["variants"].items():
+        rows.append(
+            [
+                MID_LABELS.get(v, v),
+                f"{row['precision']}, {row['kernels']}, {row['attention']}",
+                _f(row["tokens_per_step"], 0),
+                _f(row["tokens_per_cpu_s"]),
+                _f(row["tokens_per_wall_s"]),
+                _f(row["peak_rss_mib"], 0),
+            ]
+        )
+    lines += _table(
+        [
+            "variant",
+            "precision, kernels, attention",
+            "tokens/step",
+            "tokens/CPU-s",
+            "tokens/s (wall)",
+            "peak RSS MiB",
+        ],
+        rows,
+    )
+    lines += [""]
+    for base in ("hf_padded", "hf_flattened", "hf_flattened_bf16"):
+        if f"cpu_vs_{base}" not in r:
+            continue
+        cpu, wall, rss = r[f"cpu_vs_{base}"], r[f"wall_vs_{base}"], r[f"rss_vs_{base}"]
+        lines.append(
+            f"- ours vs {base}: **{cpu['median']:.2f}x** tokens per CPU-second "
+            f"(rounds {', '.join(f'{x:.2f}' for x in cpu['rounds'])}); wall "
+            f"{wall['median']:.2f}x; peak RSS {rss['median']:.2f}x"
+        )
+    lines += ["", "Headline keys: " + ", ".join(f"`{k}` = {v}" for k, v in m["headline"].items())]
     return lines

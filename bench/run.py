@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from typing import Any
 
 from bench.common import LoadLog, interleave, machine, median, run_worker
 
-BENCHES = ("throughput", "packing", "flops", "operator", "serve", "data")
+BENCHES = ("throughput", "packing", "flops", "mid", "operator", "serve", "data")
 
 
 @dataclass
@@ -52,6 +53,13 @@ class Sizes:
     serve_repeats: int = 3
     data_rows: int = 200_000
     data_repeats: int = 3
+    mid_model: str = "builtin:mid-llama"
+    mid_sequence_len: int = 512
+    mid_batch_size: int = 1  # packed rows per micro-batch (HF: as many examples as they hold)
+    mid_accumulation: int = 2
+    mid_warmup: int = 1
+    mid_steps: int = 3
+    mid_repeats: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,6 +85,10 @@ QUICK = Sizes(
     serve_repeats=1,
     data_rows=2000,
     data_repeats=1,
+    mid_model="builtin:tiny-llama",
+    mid_sequence_len=128,
+    mid_steps=1,
+    mid_repeats=1,
 )
 
 
@@ -257,6 +269,30 @@ def merge_headline(path: Path, keys: dict[str, float]) -> None:
     path.write_text(json.dumps(current, indent=1, sort_keys=True) + "\n")
 
 
+def _run_mid(sizes: Sizes, results: dict[str, Any], data: Path, write_headline: bool) -> None:
+    """Bench 6 (bench.mid): ours vs HF padded and HF flattened on the mid-size model."""
+    from bench.common import merge_headline
+    from bench.mid import run_rounds
+
+    print("mid model: ours vs HF Trainer padded / flattened", file=sys.stderr, flush=True)
+    args = {
+        "data": str(data),
+        "model": sizes.mid_model,
+        "batch_size": sizes.mid_batch_size,
+        "accumulation": sizes.mid_accumulation,
+        "sequence_len": sizes.mid_sequence_len,
+        "warmup": sizes.mid_warmup,
+        "steps": sizes.mid_steps,
+        "threads": 1,
+    }
+    try:
+        results["mid"] = run_rounds(args, sizes.mid_repeats, LoadLog())
+        if write_headline:
+            merge_headline(results["mid"]["headline"])
+    except Exception:  # noqa: BLE001 - one failed bench must not lose the others
+        results["errors"]["mid"] = traceback.format_exc()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (seconds)")
@@ -299,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench.data import synthetic_rows, write_jsonl
 
         synthetic = write_jsonl(Path(tmp) / "synthetic.jsonl", synthetic_rows(sizes.synthetic_rows))
+
         if only & {"throughput", "flops"}:
             variants = ("matmul_peak",) if "flops" in only else ()
             variants = ("hf_trainer", "ours", "ours_packed", *variants)
@@ -345,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["data"]["load"] = load.summary()
             except Exception:  # noqa: BLE001
                 results["errors"]["data"] = traceback.format_exc()
+        if "mid" in only:
+            _run_mid(sizes, results, synthetic, write_headline=out is not None and not args.quick)
     if "operator" in only:
         load = LoadLog()
         print("operator: latency and memory", file=sys.stderr, flush=True)
@@ -360,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.report import render
 
     markdown = render(results)
+    if out is not None and out.resolve() != Path(__file__).resolve().parent:
+        docs = os.path.relpath(Path(__file__).resolve().parents[1] / "docs", out.resolve())
+        markdown = markdown.replace("](../docs/", f"]({docs}/")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")

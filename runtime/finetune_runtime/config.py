@@ -66,6 +66,7 @@ OptimizerType = Literal[
     "adafactor",
 ]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Kernels = Literal["auto", "liger", "torch", "none"]
 DEEPSPEED_PRESETS = ("zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
 ADAPTERS_USING_LORA_CONFIG = ("lora", "qlora", "dora")
 # peft's prompt-learning methods: trained virtual tokens, not weight deltas, so they can be
@@ -221,7 +222,18 @@ class TrainingSettings(_Section):
     train_on_inputs: bool = Field(
         False, description="False: prompt tokens are masked out of the loss."
     )
-    precision: Precision = "auto"
+    precision: Precision = Field(
+        "auto",
+        description="auto: bf16 on CUDA with bf16 and on CPUs with AMX/AVX512-BF16, fp16 on "
+        "older GPUs, else fp32.",
+    )
+    kernels: Kernels = Field(
+        "auto",
+        description="Loss/LM-head kernels. torch: the LM head and cross-entropy run in chunks "
+        "at labelled positions only (no full logits); liger: liger-kernel's fused linear "
+        "cross-entropy, RMSNorm, RoPE and SwiGLU (CUDA only); none: the model's own forward; "
+        "auto: liger on CUDA when installed, else torch.",
+    )
     resume_from_checkpoint: str | None = Field(
         None, description="A checkpoint directory; by default the newest one in output_dir."
     )

@@ -41,8 +41,10 @@ def write_config(
     adapter: str = "lora",
     **training: Any,
 ) -> Path:
-    """A tiny-llama LoRA config: 2 x 2 micro-batches per rank per step, no dropout (so
-    every backend consumes randomness identically and runs can be compared exactly)."""
+    """A tiny-llama LoRA config: 2 x 2 micro-batches per rank per step, no dropout, fp32
+    (so every backend consumes randomness identically and runs can be compared exactly;
+    `auto` would pick bf16 on a CPU with AVX512-BF16/AMX, where DeepSpeed's bf16 and
+    DDP's autocast round differently)."""
     directory.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "base_model": "builtin:tiny-llama",
@@ -58,6 +60,7 @@ def write_config(
             "sequence_len": 256,
             "save_steps": save_steps,
             "logging_steps": 1,
+            "precision": "fp32",
             **training,
         },
         "output_dir": str(directory / "out"),

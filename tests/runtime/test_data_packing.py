@@ -76,14 +76,16 @@ def test_collator_pads_plain_rows_to_the_batch_max(tiny_tokenizer):
     assert all(t.dtype == torch.long for t in batch.values())
 
 
-def test_collator_pads_packed_rows_to_sequence_len_without_attention_mask(tiny_tokenizer):
+def test_collator_flattens_packed_rows_without_padding_or_attention_mask(tiny_tokenizer):
     collate = make_collator(tiny_tokenizer, _config(sequence_len=16))
     row = {"input_ids": [1, 5, 1, 6], "labels": [-100, 5, -100, 6], "position_ids": [0, 1, 0, 1]}
-    batch = collate([row])
+    other = {"input_ids": [1, 7, 8], "labels": [-100, 7, 8], "position_ids": [0, 1, 2]}
+    batch = collate([row, other])
     assert set(batch) == {"input_ids", "labels", "position_ids"}
-    assert batch["position_ids"].tolist() == [[0, 1, 0, 1, *range(12)]]
-    assert batch["labels"].tolist() == [[-100, 5, -100, 6] + [-100] * 12]
-    assert batch["input_ids"][0, 4:].eq(tiny_tokenizer.pad_token_id).all()
+    assert batch["input_ids"].tolist() == [[1, 5, 1, 6, 1, 7, 8]]
+    assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 0, 1, 2]]
+    assert batch["labels"].tolist() == [[-100, 5, -100, 6, -100, 7, 8]]
+    assert all(t.dtype == torch.long for t in batch.values())
     with pytest.raises(ValueError, match="mixes packed and unpacked"):
         collate(
             [
@@ -123,37 +125,69 @@ def _separate(model, example) -> tuple[torch.Tensor, float, int]:
     return out.logits[0], out.loss.item() * count, count
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "varlen"])
 def test_packed_rows_equal_separate_examples(tiny_model_dir, tiny_tokenizer, examples, attn):
-    model = _load(tiny_model_dir, attn)
+    """A padding-free packed batch gives every example the logits (and the loss) it gets
+    on its own: with transformers' block-diagonal masks (sdpa, eager) and with the
+    per-example varlen kernel the trainer switches to."""
+    model = _load(tiny_model_dir, "sdpa" if attn == "varlen" else attn)
     model.train()  # dropout is 0 in the tiny config; training mode is what the trainer runs
-    configure_model_for_packing(model)
+    used = configure_model_for_packing(model, "cpu", varlen=attn == "varlen")
+    assert used == ("finetune_varlen_sdpa" if attn == "varlen" else attn)
     config = _config(sequence_len=32, sample_packing=True)
     rows = pack_examples(examples, 32)
     assert [len(r["input_ids"]) for r in rows] == [29, 26]  # best fit: 20+9, 14+7+5
-    batch = make_collator(tiny_tokenizer, config)(rows)  # padded to 32, two rows have padding
-    assert (batch["input_ids"] == tiny_tokenizer.pad_token_id).any()
+    batch = make_collator(tiny_tokenizer, config)(rows)  # one flattened row, no padding
+    assert batch["input_ids"].shape == (1, 55)
+    assert not (batch["input_ids"] == tiny_tokenizer.pad_token_id).any()
     with torch.no_grad():
         packed = model(**batch)
         total_loss, total_count = 0.0, 0
-        for r, row in enumerate(rows):
-            offset = 0
-            for length in _segment_lengths(row["position_ids"]):
-                example = next(
-                    e
-                    for e in examples
-                    if e["input_ids"] == row["input_ids"][offset : offset + length]
-                )
-                logits, loss_sum, count = _separate(model, example)
-                torch.testing.assert_close(
-                    packed.logits[r, offset : offset + length], logits, atol=1e-5, rtol=1e-4
-                )
-                total_loss += loss_sum
-                total_count += count
-                offset += length
+        flat = [t for row in rows for t in row["input_ids"]]
+        offset = 0
+        for length in _segment_lengths([p for row in rows for p in row["position_ids"]]):
+            example = next(e for e in examples if e["input_ids"] == flat[offset : offset + length])
+            logits, loss_sum, count = _separate(model, example)
+            torch.testing.assert_close(
+                packed.logits[0, offset : offset + length], logits, atol=1e-5, rtol=1e-4
+            )
+            total_loss += loss_sum
+            total_count += count
+            offset += length
+    assert offset == 55 and total_count > 0
     packed_count = int((batch["labels"][:, 1:] != -100).sum())
     assert packed_count == total_count  # no label predicted across an example boundary
     assert packed.loss.item() == pytest.approx(total_loss / total_count, rel=1e-5)
+
+
+def test_sliding_window_models_keep_their_masked_attention(tiny_model_dir):
+    model = _load(tiny_model_dir, "sdpa")
+    model.config.sliding_window = 4096
+    assert configure_model_for_packing(model, "cpu") == "sdpa"
+
+
+def test_varlen_attention_backward_matches_separate_examples(tiny_model_dir, examples):
+    """Gradients through the varlen kernel equal the sum of per-example gradients."""
+    model = _load(tiny_model_dir, "sdpa")
+    configure_model_for_packing(model, "cpu")
+    rows = pack_examples(examples[:3], 64)
+    assert len(rows) == 1
+    batch = {k: torch.tensor([rows[0][k]]) for k in ("input_ids", "labels", "position_ids")}
+    model(**batch, num_items_in_batch=1).loss.backward()
+    packed = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    for e in examples[:3]:
+        labels = [-100, *e["labels"][1:]]  # packing masks each example's first label
+        out = model(
+            input_ids=torch.tensor([e["input_ids"]]),
+            labels=torch.tensor([labels]),
+            num_items_in_batch=1,
+            use_cache=False,
+        )
+        out.loss.backward()
+    for name, grad in packed.items():
+        p = dict(model.named_parameters())[name]
+        torch.testing.assert_close(grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_with_the_kv_cache_on_packed_examples_leak_into_each_other(tiny_model_dir, examples):

@@ -22,16 +22,16 @@ def pad_token_id(tokenizer: Any) -> int:
 
 
 def make_collator(tokenizer: Any, config: FineTuneConfig) -> Collator:
-    """A collate_fn for DataLoader.
+    """A collate_fn for DataLoader: a list of examples (token/label lists) in, tensors out.
 
     Plain rows: right-padded to the longest row in the batch, `attention_mask`
-    marks real tokens. Packed rows (they carry `position_ids`): padded to
-    `training.sequence_len`, with position ids restarting in the padding and no
-    `attention_mask`, so transformers builds per-example causal masks from the
-    position ids (see finetune_runtime.data.packing). Labels are padded with -100.
+    marks real tokens. Packed rows (they carry `position_ids`): padding-free, the
+    batch's rows are concatenated into one row of shape (1, total tokens) whose
+    position ids restart at every example, with no `attention_mask`, so attention
+    keeps examples apart by their boundaries (see finetune_runtime.data.packing).
+    Labels are padded with -100.
     """
     pad_id = pad_token_id(tokenizer)
-    sequence_len = config.training.sequence_len
 
     def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not batch:
@@ -39,26 +39,31 @@ def make_collator(tokenizer: Any, config: FineTuneConfig) -> Collator:
         packed = "position_ids" in batch[0]
         if any(("position_ids" in row) != packed for row in batch):
             raise ValueError("a batch mixes packed and unpacked rows")
-        width = sequence_len if packed else max(len(row["input_ids"]) for row in batch)
-        width = max(width, max(len(row["input_ids"]) for row in batch))
+        if packed:
+            return flatten_packed(batch)
+        width = max(len(row["input_ids"]) for row in batch)
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
         for r, row in enumerate(batch):
             n = len(row["input_ids"])
             input_ids[r, :n] = torch.as_tensor(row["input_ids"], dtype=torch.long)
             labels[r, :n] = torch.as_tensor(row["labels"], dtype=torch.long)
-        if packed:
-            position_ids = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, row in enumerate(batch):
-                n = len(row["position_ids"])
-                position_ids[r, :n] = torch.as_tensor(row["position_ids"], dtype=torch.long)
-                # Padding forms its own segment (positions restart at 0), never attended
-                # by real tokens; its labels are -100.
-                position_ids[r, n:] = torch.arange(width - n)
-            return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, row in enumerate(batch):
-            attention_mask[r, : len(row["input_ids"])] = 1
+            attention_mask[r, :n] = 1
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
     return collate
+
+
+def flatten_packed(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Packed rows back to back in one (1, tokens) row: no padding anywhere."""
+
+    def cat(key: str) -> torch.Tensor:
+        flat = [token for row in batch for token in row[key]]
+        return torch.tensor([flat], dtype=torch.long)
+
+    return {
+        "input_ids": cat("input_ids"),
+        "labels": cat("labels"),
+        "position_ids": cat("position_ids"),
+    }

@@ -40,19 +40,24 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from finetune_runtime.errors import CheckpointError, LaunchError
+from finetune_runtime.train.hardware import (
+    ResolvedPrecision,
+    cpu_flags,
+    cuda_supports_bf16,
+    decide_precision,
+)
 
 if TYPE_CHECKING:
     from finetune_runtime.config import FineTuneConfig
 
 log = logging.getLogger(__name__)
 
-ResolvedPrecision = Literal["fp32", "bf16", "fp16"]
 
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -159,22 +164,30 @@ def distributed_env(env: Mapping[str, str] | None = None) -> tuple[int, int, int
 
 
 def resolve_precision(requested: str, device: torch.device) -> ResolvedPrecision:
-    """`auto` → bf16 where CUDA supports it, fp16 on older CUDA GPUs, fp32 on CPU."""
-    if requested == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
-    if requested not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"unknown precision {requested!r}")
-    return requested  # type: ignore[return-value]
+    """`auto` → bf16 on CUDA with bf16 and on CPUs with native bf16 (AMX / AVX512-BF16),
+    fp16 on older CUDA GPUs, fp32 elsewhere (see finetune_runtime.train.hardware)."""
+    return _precision_and_reason(requested, device)[0]
+
+
+def _precision_and_reason(requested: str, device: torch.device) -> tuple[ResolvedPrecision, str]:
+    auto = requested == "auto"
+    return decide_precision(
+        requested,
+        device.type,
+        cuda_bf16=auto and device.type == "cuda" and cuda_supports_bf16(),
+        cpu_flags=cpu_flags() if auto and device.type == "cpu" else (),
+    )
 
 
 def options_from_config(config: FineTuneConfig, device: torch.device) -> BackendOptions:
     t = config.training
+    precision, why = _precision_and_reason(t.precision, device)
+    if t.precision == "auto":
+        log.info("precision %s (%s)", precision, why)
     return BackendOptions(
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         max_grad_norm=t.max_grad_norm,
-        precision=resolve_precision(t.precision, device),
+        precision=precision,
     )
 
 

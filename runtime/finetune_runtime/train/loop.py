@@ -36,6 +36,7 @@ from finetune_runtime.train.checkpoint import (
     replace_dir,
 )
 from finetune_runtime.train.console import StepDisplay, eval_line, format_metrics, perplexity
+from finetune_runtime.train.kernels import apply_kernels
 from finetune_runtime.train.optim import build_optimizer, build_scheduler
 from finetune_runtime.train.plan import TrainingPlan, make_plan
 from finetune_runtime.train.signals import GracefulStop
@@ -276,10 +277,12 @@ class Trainer:
         )
         self.base_architecture = architecture_of(model.config)  # before embeddings grow
         models.fit_embeddings(model, self.tokenizer)
+        self.kernels = apply_kernels(model, training.kernels, backend.device.type)
         if training.sample_packing:
             from finetune_runtime.data import configure_model_for_packing
 
-            configure_model_for_packing(model)
+            attention = configure_model_for_packing(model, backend.device.type)
+            log.info("sample packing: padding-free rows, attention %s", attention)
         model = models.apply_adapter(config, model, self.plan.total_steps)
         self.trainable, self.total_params = models.trainable_summary(model)
         optimizer = build_optimizer(training, model)
@@ -305,7 +308,7 @@ class Trainer:
             log.info(
                 "training %s (%s adapter): %d/%d parameters trainable (%.2f%%); %d train rows, "
                 "%d eval rows; %d steps (%d per epoch), effective batch %d, precision %s, "
-                "world size %d, device %s",
+                "kernels %s, world size %d, device %s",
                 config.base_model,
                 config.adapter,
                 self.trainable,
@@ -317,6 +320,7 @@ class Trainer:
                 self.plan.steps_per_epoch,
                 training.batch_size * training.gradient_accumulation_steps * backend.world_size,
                 backend.options.precision,
+                self.kernels,
                 backend.world_size,
                 backend.device,
             )
@@ -601,6 +605,7 @@ class Trainer:
             "epochs": plan.epoch_progress(self.step),
             "world_size": self.backend.world_size,
             "precision": self.backend.options.precision,
+            "kernels": self.kernels,
             "effective_batch_size": self.config.training.batch_size
             * self.config.training.gradient_accumulation_steps
             * self.backend.world_size,
