@@ -1,4 +1,4 @@
-"""Locally built tiny models: `base_model: builtin:tiny-llama`.
+"""Locally built models: `base_model: builtin:tiny-llama` (also small-llama, mid-llama).
 
 Nothing can be downloaded from a model hub in CI, air-gapped clusters or this
 repo's tests, yet the whole pipeline (tokenize, train, checkpoint, merge,
@@ -41,6 +41,10 @@ class TinySpec:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 512
+    # The model's vocabulary when it should exceed what the tokenizer learns from the
+    # small packaged corpus (BPE stops near 850 tokens): the extra rows are never
+    # produced by the tokenizer but cost what a real 32k vocabulary costs in the LM head.
+    model_vocab_size: int | None = None
 
 
 BUILTINS: dict[str, TinySpec] = {
@@ -54,6 +58,18 @@ BUILTINS: dict[str, TinySpec] = {
         num_attention_heads=8,
         num_key_value_heads=4,
         max_position_embeddings=1024,
+    ),
+    # Mid-size: big enough that matmuls and the 32k-vocab LM head, not per-op overhead,
+    # dominate a training step (the training-speed bench, the axolotl comparison).
+    "mid-llama": TinySpec(
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=2048,
+        model_vocab_size=32000,
     ),
 }
 
@@ -137,7 +153,7 @@ def build_tiny_llama(dest: Path, spec: TinySpec = TinySpec(), seed: int = 0) -> 
 
     tokenizer = build_tokenizer(spec.vocab_size)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=max(len(tokenizer), spec.model_vocab_size or 0),
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers,
