@@ -259,6 +259,8 @@ def _normalize_flat(raw: dict[str, Any], out: Normalized) -> None:
             "adapter",
         ):
             continue  # combined below
+        elif key in ("plugins", "hatchery"):
+            _check_plugins(key, value, out)
         elif key in ("fsdp", "fsdp_config") and value:
             out.warnings.append(
                 f"{key}: FSDP is not used by finetune-operator; sharding comes from `deepspeed` "
@@ -280,6 +282,43 @@ def _normalize_flat(raw: dict[str, Any], out: Normalized) -> None:
     _map_datasets(raw, out)
     if raw.get("special_tokens"):
         _set(out, ("special_tokens",), raw["special_tokens"], ("special_tokens",))
+
+
+# axolotl plugins that only swap in faster kernels or log: the training they run is the
+# same, so a config naming them means the same here. Any other plugin (remote Tinker
+# training, RL environments, distillation, ...) changes what training *is*: an error.
+NEUTRAL_PLUGINS = {
+    "axolotl.integrations.liger.LigerPlugin",
+    "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin",
+    "axolotl.integrations.kernels.KernelsPlugin",
+    "axolotl.integrations.spectrum.SpectrumPlugin",
+}
+
+
+def _check_plugins(key: str, value: Any, out: Normalized) -> None:
+    if key == "hatchery":
+        out.issues.append(
+            ConfigIssue.at(
+                ("hatchery",),
+                "hatchery (training on a remote Tinker backend, with its own LoRA rank, loss "
+                "and rewards) is not supported: finetune-operator trains in its own pods; "
+                "remove `hatchery` and its plugin, and set adapter/lora_r for local training",
+            )
+        )
+        return
+    names = value if isinstance(value, list) else [value]
+    for i, name in enumerate(names):
+        if str(name) in NEUTRAL_PLUGINS:
+            out.warnings.append(f"plugins[{i}]: {name} (kernels only) is ignored here")
+        else:
+            out.issues.append(
+                ConfigIssue.at(
+                    ("plugins", i),
+                    f"axolotl plugin {name!r} changes how axolotl trains and cannot be "
+                    "reproduced here; remove it (kernel-only plugins such as "
+                    "axolotl.integrations.liger.LigerPlugin are accepted and ignored)",
+                )
+            )
 
 
 # Counting keys where axolotl reads 0 as "off".
@@ -448,15 +487,40 @@ _DATASET_CANONICAL = {
 }
 
 
+# Dataset keys that need no translation: the file type is read from the path, `type`
+# and the mappings are handled below, and the rest only steer axolotl's hub loading.
+_DATASET_HARMLESS = {
+    "type",
+    "ds_type",
+    "split",
+    "message_property_mappings",
+    "roles",
+    "trust_remote_code",
+    "revision",
+    "name",
+}
+
+
 def _map_dataset(entry: dict[str, Any], i: int, out: Normalized) -> dict[str, Any]:
     ds: dict[str, Any] = {}
     here: Loc = ("datasets", i)
+    dropped: list[str] = []
     for key, value in entry.items():
         if key in _DATASET_KEYS and value is not None:
             ds[_DATASET_KEYS[key]] = value
             out.origins[here + (_DATASET_KEYS[key],)] = here + (key,)
         elif key in _DATASET_CANONICAL and key != "format":
             ds[key] = value
+        elif key == "split" and value not in (None, "train"):
+            out.issues.append(
+                ConfigIssue.at(
+                    here + ("split",),
+                    f"split {value!r} is not supported: local files are read whole as the "
+                    "train split; cut the file (or use val_set_size for a validation split)",
+                )
+            )
+        elif key not in _DATASET_HARMLESS and value not in (None, "", [], {}):
+            dropped.append(key)
     mappings = entry.get("message_property_mappings")
     if isinstance(mappings, dict):
         if "role" in mappings:
@@ -466,6 +530,10 @@ def _map_dataset(entry: dict[str, Any], i: int, out: Normalized) -> dict[str, An
     if "roles" in entry and isinstance(entry["roles"], dict):
         out.warnings.append(
             f"datasets[{i}].roles: role remapping is ignored; roles are read as written"
+        )
+    if dropped:
+        out.warnings.append(
+            f"datasets[{i}]: ignored keys (read as if absent): {', '.join(sorted(dropped))}"
         )
     kind = entry.get("type", entry.get("format"))
     out.origins[here + ("format",)] = here + ("type",)
