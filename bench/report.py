@@ -58,6 +58,10 @@ def render(results: dict[str, Any]) -> str:
         out += ["", *_flops(results)]
     if "operator" in results:
         out += ["", *_operator(results["operator"], results["sizes"])]
+    if "axolotl" in results:
+        from bench.vs_axolotl.report import render_section
+
+        out += ["", *render_section(results["axolotl"])]
     if results.get("errors"):
         out += ["", "## Failed benches", ""]
         for name, error in results["errors"].items():

@@ -5,7 +5,9 @@
     python -m bench.run --only packing,flops --out /tmp/b
 
 Benches: throughput (1), packing (2), flops (3, shares the throughput rounds),
-operator (4 and 5). Results go to OUT/results.json and OUT/RESULTS.md.
+operator (4 and 5), axolotl (6: against axolotl itself; needs `make axolotl`).
+Results go to OUT/results.json and OUT/RESULTS.md; a run of some benches (--only)
+keeps the other benches' last results from OUT/results.json.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from bench.common import LoadLog, interleave, machine, median, run_worker
 
-BENCHES = ("throughput", "packing", "flops", "operator")
+BENCHES = ("throughput", "packing", "flops", "operator", "axolotl")
 
 
 @dataclass
@@ -230,6 +232,28 @@ def run_operator(sizes: Sizes, load: LoadLog) -> dict[str, Any]:
     return {"latency": latency, "harness_emulator": harness, "memory": memory}
 
 
+def run_vs_axolotl(quick: bool) -> dict[str, Any]:
+    from bench.vs_axolotl import speed, venv
+
+    reason = venv.missing_reason()
+    if reason is not None:
+        raise RuntimeError(reason)
+    load = LoadLog()
+    with tempfile.TemporaryDirectory(prefix="bench-axolotl-") as tmp:
+        result = speed.run(speed.QUICK if quick else speed.SpeedSizes(), Path(tmp), load)
+    return result | {"load": load.summary(), "versions": venv.installed_versions()}
+
+
+def keep_previous(results: dict[str, Any], previous: Path, only: set[str]) -> None:
+    """Carry the last results of benches this run skipped, so RESULTS.md keeps them."""
+    if results.get("quick") or not previous.is_file():
+        return
+    old = json.loads(previous.read_text())
+    for name in BENCHES:
+        if name not in only and name in old and name not in results:
+            results[name] = old[name]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (seconds)")
@@ -311,7 +335,15 @@ def main(argv: list[str] | None = None) -> int:
             results["operator"]["load"] = load.summary()
         except Exception:  # noqa: BLE001
             results["errors"]["operator"] = traceback.format_exc()
+    if "axolotl" in only:
+        print("axolotl: side by side on the mid-size model", file=sys.stderr, flush=True)
+        try:
+            results["axolotl"] = run_vs_axolotl(args.quick)
+        except Exception:  # noqa: BLE001
+            results["errors"]["axolotl"] = traceback.format_exc()
     results["total_seconds"] = time.monotonic() - started
+    if out is not None:
+        keep_previous(results, out / "results.json", only)
 
     from bench.report import render
 
@@ -320,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
         (out / "RESULTS.md").write_text(markdown)
+        if "axolotl" in results and "axolotl" in only:
+            from bench.vs_axolotl.speed import merge_headline
+
+            merge_headline(out / "headline.json", results["axolotl"]["headline"])
         print(f"wrote {out / 'RESULTS.md'} and {out / 'results.json'}", file=sys.stderr)
     else:
         print(markdown)

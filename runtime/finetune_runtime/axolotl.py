@@ -103,6 +103,7 @@ SCALAR_MAP: dict[str, Loc] = {
     "resume_from_checkpoint": ("training", "resume_from_checkpoint"),
     "auto_resume_from_checkpoints": ("training", "auto_resume"),
     "tokenizer_config": ("tokenizer",),
+    "tokens": ("added_tokens",),
 }
 
 # Canonical top-level keys that keep their name in both forms.
@@ -166,7 +167,6 @@ QUIET_KEYS = {
     "local_rank",
     "special_tokens",
     "eot_tokens",
-    "tokens",
 }
 
 

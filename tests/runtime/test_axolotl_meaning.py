@@ -59,3 +59,14 @@ def test_split_slice_is_refused_and_unknown_dataset_keys_are_named() -> None:
         BASE.replace("    type: alpaca\n", "    type: alpaca\n    split: train\n    shards: 4\n")
     )
     assert "datasets[0]: ignored keys (read as if absent): shards" in warnings
+
+
+def test_added_tokens_are_read_and_need_trained_embeddings_under_lora() -> None:
+    """axolotl's `tokens` used to be dropped silently; now they are added, and (as axolotl
+    insists) a LoRA run must train the embeddings the new tokens get."""
+    lora = BASE + "adapter: lora\ntokens: ['<call>']\n"
+    with pytest.raises(ConfigError, match=r":7: tokens: new tokens would keep random"):
+        parse_config(lora)
+    config = parse_config(lora + "lora_modules_to_save: [embed_tokens, lm_head]\n")
+    assert config.added_tokens == ["<call>"]
+    assert parse_config(BASE + "tokens: ['<call>']\n").adapter == "none"  # full: all trained
