@@ -42,6 +42,7 @@ CUSTOM = {
         "no_input_format": "[INST] {instruction} [/INST] ",
     },
 }
+LLAMA3_TOKENS = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 COMPLETION = {"path": "data.jsonl", "ds_type": "json", "type": "completion"}
 
 
@@ -71,7 +72,18 @@ CASES: tuple[Case, ...] = (
         {"tokens": ["<call>", "</call>"], "lora_modules_to_save": ["embed_tokens", "lm_head"]},
     ),
     Case("chat-chatml", "chat", chat("chatml")),
-    Case("chat-llama3", "chat", chat("llama3")),
+    # The tiny tokenizer lacks llama3's header/turn tokens: add them, as a llama3 tokenizer
+    # has them, and tell axolotl which one ends a turn (else it trains no terminator).
+    Case(
+        "chat-llama3",
+        "chat",
+        chat("llama3"),
+        {
+            "tokens": LLAMA3_TOKENS,
+            "eot_tokens": ["<|eot_id|>"],
+            "lora_modules_to_save": ["embed_tokens", "lm_head"],
+        },
+    ),
     Case("chat-tokenizer-default", "chat", chat("tokenizer_default")),
     Case("chat-chatml-train-inputs", "chat", chat("chatml"), {"train_on_inputs": True}),
     Case("chat-chatml-packed", "chat", chat("chatml"), {"sample_packing": True}),

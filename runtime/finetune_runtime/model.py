@@ -104,7 +104,10 @@ def load_tokenizer(config: FineTuneConfig, source: str, base_dir: Path | None = 
 
         # As axolotl adds its `tokens`: matched verbatim, spaces around them left alone.
         tokenizer.add_tokens(
-            [AddedToken(t, rstrip=False, lstrip=False, normalized=False) for t in config.added_tokens]
+            [
+                AddedToken(token, rstrip=False, lstrip=False, normalized=False)
+                for token in config.added_tokens
+            ]
         )
     if tokenizer.pad_token is None:
         # Padded positions are masked and their labels ignored, so any token will do.

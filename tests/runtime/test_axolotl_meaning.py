@@ -70,3 +70,14 @@ def test_added_tokens_are_read_and_need_trained_embeddings_under_lora() -> None:
     config = parse_config(lora + "lora_modules_to_save: [embed_tokens, lm_head]\n")
     assert config.added_tokens == ["<call>"]
     assert parse_config(BASE + "tokens: ['<call>']\n").adapter == "none"  # full: all trained
+
+
+def test_added_tokens_tokenize_whole(tiny_model_dir) -> None:
+    from finetune_runtime.model import load_tokenizer
+
+    config = parse_config(BASE + "tokens: ['<call>']\n")
+    tokenizer = load_tokenizer(config, str(tiny_model_dir))
+    ids = tokenizer("<call>Add", add_special_tokens=False)["input_ids"]
+    assert ids[0] == tokenizer.convert_tokens_to_ids("<call>") and len(tokenizer) > 512
+    plain = load_tokenizer(parse_config(BASE), str(tiny_model_dir))
+    assert len(plain("<call>Add", add_special_tokens=False)["input_ids"]) > len(ids)
