@@ -36,8 +36,8 @@ TOOLS = ("ours", "axolotl")
 @dataclass
 class SpeedSizes:
     model: str = "mid-llama"
-    rows: int = 48
-    sequence_len: int = 512
+    rows: int = 16
+    sequence_len: int = 256
     batch_size: int = 4
     repeats: int = 2
     threads: int = 1  # as the other benches: see docs/benchmarks.md "Ground rules"
@@ -76,9 +76,10 @@ def one_run(tool: str, mode: str, model_dir: Path, data: Path, work: Path, sizes
 def run(sizes: SpeedSizes, workdir: Path, load: LoadLog) -> dict[str, Any]:
     """All rounds; raw runs plus the paired ratios per mode and pooled."""
     from bench.data import synthetic_rows, write_jsonl
-    from finetune_runtime.tiny import BUILTINS, build_tiny_llama
+    from finetune_runtime.tiny import resolve_builtin
 
-    model_dir = build_tiny_llama(workdir / "model", BUILTINS[sizes.model], seed=0)
+    # The builtin's cached directory is an ordinary save_pretrained model directory.
+    model_dir = resolve_builtin("builtin:" + sizes.model)
     data = write_jsonl(workdir / "data.jsonl", synthetic_rows(sizes.rows, seed=6))
     tokens = dataset_tokens(model_dir, data, sizes)
     raw: list[dict[str, Any]] = []

@@ -15,7 +15,7 @@ from bench.vs_axolotl import runs
 from bench.vs_axolotl.cases import TRAIN_STEPS, write_training_case
 
 # Relative per-step tolerance on the training loss, by kind of training.
-TOLERANCE = {"full": 0.01, "lora": 0.02, "qlora": 0.05}
+TOLERANCE = {"full": 1e-4, "lora": 0.01, "qlora": 0.01}
 
 
 @pytest.mark.slow
