@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-## axolotl itself, pinned, in a venv of its own (~4 GB, never mixed into ours): what the
+## axolotl itself, pinned, in a venv of its own (~7 GB, never mixed into ours): what the
 ## side-by-side comparisons run against. Torch comes from constraints.txt, everything else
 ## from bench/vs_axolotl/constraints.txt (the versions resolved when the pin was set).
 AXOLOTL_VERSION := 0.19.0

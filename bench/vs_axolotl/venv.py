@@ -22,7 +22,7 @@ def missing_reason() -> str | None:
     venv = venv_dir()
     python = venv / "bin" / "python"
     if not python.exists():
-        return f"no axolotl venv at {venv}: run `make axolotl` (builds it, ~4 GB)"
+        return f"no axolotl venv at {venv}: run `make axolotl` (builds it, ~7 GB)"
     if not (venv / ".installed").exists():
         return f"axolotl venv at {venv} is incomplete (no .installed stamp): run `make axolotl`"
     return None

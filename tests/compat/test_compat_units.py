@@ -4,7 +4,8 @@ rules of compare.py and the paired-ratio summary of the speed bench."""
 from __future__ import annotations
 
 from bench.vs_axolotl.compare import Rules, rows_equal, same_examples, unpack
-from bench.vs_axolotl.speed import summarize
+from bench.vs_axolotl.report import render_section
+from bench.vs_axolotl.speed import SpeedSizes, summarize
 
 M = -100
 BOS, EOS = 1, 2
@@ -71,6 +72,8 @@ def test_speed_summary_is_the_median_of_paired_ratios() -> None:
                     "train_tokens_per_s": 1000 / wall,
                 }
             )
+    for entry in list(raw):  # the same rounds again as "packed"
+        raw.append(entry | {"mode": "packed"})
     summary = summarize(raw)
     assert summary["ratios"]["padded"]["end_to_end"] == 2.5  # median of 2, 4, 2.5
     assert summary["ratios"]["padded"]["pairs"] == 3
@@ -79,3 +82,7 @@ def test_speed_summary_is_the_median_of_paired_ratios() -> None:
         "axolotl_end_to_end_ratio_mid": 2.5,
         "axolotl_peak_rss_ratio_mid": 0.5,
     }
+
+    result = summary | {"sizes": SpeedSizes().__dict__, "dataset_tokens": {"padded": 9}}
+    text = "\n".join(render_section(result))
+    assert "| ours, packed | 10.0 |" in text and "| pooled (6 pairs) | 2.50 |" in text
