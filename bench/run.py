@@ -249,9 +249,15 @@ def keep_previous(results: dict[str, Any], previous: Path, only: set[str]) -> No
     if results.get("quick") or not previous.is_file():
         return
     old = json.loads(previous.read_text())
-    for name in BENCHES:
-        if name not in only and name in old and name not in results:
-            results[name] = old[name]
+    carried = [n for n in BENCHES if n not in only and n in old and n not in results]
+    for name in carried:
+        results[name] = old[name]
+    if carried:
+        when = old.get("carried_from") or {
+            "command": old.get("command"),
+            "date": old.get("machine", {}).get("date"),
+        }
+        results["carried_from"] = when | {"benches": carried}
 
 
 def main(argv: list[str] | None = None) -> int:

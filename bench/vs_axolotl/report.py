@@ -51,8 +51,9 @@ def render_section(res: dict[str, Any]) -> list[str]:
     load = res.get("load", {})
     out += [
         "",
-        "Headline (pooled): " + ", ".join(f"`{k}` = {v}" for k, v in res["headline"].items()),
-        f"; load average min/median/max {_f(load.get('min'), 1)} / "
+        "Headline (pooled): "
+        + ", ".join(f"`{k}` = {v}" for k, v in res["headline"].items())
+        + f"; load average min/median/max {_f(load.get('min'), 1)} / "
         f"{_f(load.get('median'), 1)} / {_f(load.get('max'), 1)}.",
     ]
     return out
