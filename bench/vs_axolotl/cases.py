@@ -60,6 +60,7 @@ CASES: tuple[Case, ...] = (
     Case("alpaca", "alpaca", ALPACA),
     Case("alpaca-train-inputs", "alpaca", ALPACA, {"train_on_inputs": True}),
     Case("alpaca-packed", "alpaca", ALPACA, {"sample_packing": True}),
+    Case("alpaca-long", "alpaca", ALPACA, {"sequence_len": 140}),
     Case("alpaca-special-eos", "alpaca", ALPACA, {"special_tokens": {"eos_token": "<|im_end|>"}}),
     Case("custom", "alpaca", CUSTOM),
     Case("custom-train-inputs", "alpaca", CUSTOM, {"train_on_inputs": True}),

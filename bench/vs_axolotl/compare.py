@@ -16,6 +16,9 @@ in docs/axolotl.md, each applied only where it is named and checked, not ignored
   TERMINATOR_MAX tokens each.
 - D5 chat templates with train_on_inputs: we train the whole rendering, axolotl every
   turn's content; every token axolotl trains we train too, and we train all but label 0.
+- D6 examples longer than sequence_len: we truncate them, axolotl drops them (its
+  default `excess_length_strategy: drop`). Our extra rows must be exactly sequence_len
+  long; all shorter rows still match row for row.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Rules:
     train_on_inputs: bool = False
     bos_id: int | None = None
     eos_id: int | None = None
+    truncate_at: int | None = None  # D6: sequence_len, when some examples exceed it
 
 
 @dataclass
@@ -122,6 +126,17 @@ def _chat_label_problems(
 def rows_equal(ours: Sequence[Row], theirs: Sequence[Row], rules: Rules = Rules()) -> Diff:
     """Row for row, in order."""
     diff = Diff()
+    if rules.truncate_at is not None:  # D6
+        cut = rules.truncate_at
+        extra = len(ours) - len(theirs)
+        at_cut = sum(len(o["input_ids"]) == cut for o in ours)
+        if extra <= 0 or at_cut - sum(len(t["input_ids"]) == cut for t in theirs) != extra:
+            diff.problems.append(
+                f"D6: ours {len(ours)} rows ({at_cut} of exactly {cut} tokens), axolotl "
+                f"{len(theirs)}: our extra rows are not just the truncated ones"
+            )
+        ours = [o for o in ours if len(o["input_ids"]) < cut]
+        theirs = [t for t in theirs if len(t["input_ids"]) < cut]
     if len(ours) != len(theirs):
         diff.problems.append(f"row count: ours {len(ours)}, axolotl {len(theirs)}")
     for i, (o, t) in enumerate(zip(ours, theirs, strict=False)):

@@ -86,3 +86,11 @@ def test_speed_summary_is_the_median_of_paired_ratios() -> None:
     result = summary | {"sizes": SpeedSizes().__dict__, "dataset_tokens": {"padded": 9}}
     text = "\n".join(render_section(result))
     assert "| ours, packed | 10.0 |" in text and "| pooled (6 pairs) | 2.50 |" in text
+
+
+def test_truncated_rows_are_the_only_extra_ones() -> None:
+    short, long = row([BOS, 5, EOS], [M, 5, EOS]), row([BOS, 5, 6, 7], [M, 5, 6, 7])
+    rules = Rules(truncate_at=4)
+    assert not rows_equal([short, long, short], [short, short], rules)  # axolotl dropped one
+    assert rows_equal([short, short], [short, short], rules)  # nothing truncated: no D6
+    assert rows_equal([short, row([BOS, 5, 6], [M, 5, 6]), short], [short, short], rules)
