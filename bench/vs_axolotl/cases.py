@@ -60,12 +60,12 @@ CASES: tuple[Case, ...] = (
     Case("alpaca", "alpaca", ALPACA),
     Case("alpaca-train-inputs", "alpaca", ALPACA, {"train_on_inputs": True}),
     Case("alpaca-packed", "alpaca", ALPACA, {"sample_packing": True}),
-    Case("alpaca-long", "alpaca", ALPACA, {"sequence_len": 140}),
     Case("alpaca-special-eos", "alpaca", ALPACA, {"special_tokens": {"eos_token": "<|im_end|>"}}),
     Case("custom", "alpaca", CUSTOM),
     Case("custom-train-inputs", "alpaca", CUSTOM, {"train_on_inputs": True}),
     Case("completion", "text", COMPLETION),
     Case("completion-packed", "text", COMPLETION, {"sample_packing": True}),
+    Case("completion-long", "text", COMPLETION, {"sequence_len": 20}),
     Case(
         "completion-added-tokens",
         "tagged",

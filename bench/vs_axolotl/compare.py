@@ -16,9 +16,10 @@ in docs/axolotl.md, each applied only where it is named and checked, not ignored
   TERMINATOR_MAX tokens each.
 - D5 chat templates with train_on_inputs: we train the whole rendering, axolotl every
   turn's content; every token axolotl trains we train too, and we train all but label 0.
-- D6 examples longer than sequence_len: we truncate them, axolotl drops them (its
-  default `excess_length_strategy: drop`). Our extra rows must be exactly sequence_len
-  long; all shorter rows still match row for row.
+- D6 completion texts longer than sequence_len: we keep the first sequence_len tokens,
+  axolotl also keeps the rest as continuation rows (no BOS) right after the first one.
+  Each continuation must follow a row of exactly sequence_len tokens; without them, the
+  rows match row for row.
 """
 
 from __future__ import annotations
@@ -127,21 +128,32 @@ def rows_equal(ours: Sequence[Row], theirs: Sequence[Row], rules: Rules = Rules(
     """Row for row, in order."""
     diff = Diff()
     if rules.truncate_at is not None:  # D6
-        cut = rules.truncate_at
-        extra = len(ours) - len(theirs)
-        at_cut = sum(len(o["input_ids"]) == cut for o in ours)
-        if extra <= 0 or at_cut - sum(len(t["input_ids"]) == cut for t in theirs) != extra:
-            diff.problems.append(
-                f"D6: ours {len(ours)} rows ({at_cut} of exactly {cut} tokens), axolotl "
-                f"{len(theirs)}: our extra rows are not just the truncated ones"
-            )
-        ours = [o for o in ours if len(o["input_ids"]) < cut]
-        theirs = [t for t in theirs if len(t["input_ids"]) < cut]
+        theirs, problems = first_chunks(theirs, rules.truncate_at, rules.bos_id)
+        diff.problems += problems
     if len(ours) != len(theirs):
         diff.problems.append(f"row count: ours {len(ours)}, axolotl {len(theirs)}")
     for i, (o, t) in enumerate(zip(ours, theirs, strict=False)):
         diff.problems += row_problems(o, t, rules, f"row {i}")
     return diff
+
+
+def first_chunks(
+    theirs: Sequence[Row], cut: int, bos_id: int | None
+) -> tuple[list[Row], list[str]]:
+    """axolotl's completion rows without their continuation chunks (D6), and any
+    continuation that does not follow a full-length chunk."""
+    kept: list[Row] = []
+    problems: list[str] = []
+    previous: Row | None = None
+    for i, row in enumerate(theirs):
+        if row["input_ids"][:1] == [bos_id]:
+            kept.append(row)
+        elif previous is None or len(previous["input_ids"]) != cut:
+            problems.append(f"axolotl row {i} starts without BOS but follows no full chunk")
+        previous = row
+    if len(kept) == len(theirs):
+        problems.append("D6 expected continuation rows (texts longer than sequence_len)")
+    return kept, problems
 
 
 def same_examples(ours: Sequence[Row], theirs: Sequence[Row], rules: Rules = Rules()) -> Diff:

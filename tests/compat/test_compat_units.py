@@ -88,9 +88,11 @@ def test_speed_summary_is_the_median_of_paired_ratios() -> None:
     assert "| ours, packed | 10.0 |" in text and "| pooled (6 pairs) | 2.50 |" in text
 
 
-def test_truncated_rows_are_the_only_extra_ones() -> None:
-    short, long = row([BOS, 5, EOS], [M, 5, EOS]), row([BOS, 5, 6, 7], [M, 5, 6, 7])
-    rules = Rules(truncate_at=4)
-    assert not rows_equal([short, long, short], [short, short], rules)  # axolotl dropped one
-    assert rows_equal([short, short], [short, short], rules)  # nothing truncated: no D6
-    assert rows_equal([short, row([BOS, 5, 6], [M, 5, 6]), short], [short, short], rules)
+def test_completion_continuations_are_the_only_extra_rows() -> None:
+    first, rest = row([BOS, 5, 6, 7], [BOS, 5, 6, 7]), row([8, EOS], [8, EOS])
+    short = row([BOS, 5, EOS], [BOS, 5, EOS])
+    rules = Rules(truncate_at=4, bos_id=BOS)
+    ours = [row([BOS, 5, 6, 7], [M, 5, 6, 7]), row([BOS, 5, EOS], [M, 5, EOS])]
+    assert not rows_equal(ours, [first, rest, short], rules)
+    assert rows_equal(ours, [first, short], rules)  # no continuation: D6 not shown
+    assert rows_equal(ours, [short, rest, first], rules)  # a continuation after a short row
