@@ -80,16 +80,6 @@ def run_python(
     return Completed(cmd, proc.returncode, proc.stdout)
 
 
-def preprocess(config: Path, cwd: Path) -> Completed:
-    """`python -m axolotl.cli.preprocess CONFIG` (writes dataset_prepared_path)."""
-    return run_python(["-m", "axolotl.cli.preprocess", str(config)], cwd).check()
-
-
-def dump_prepared(prepared: Path, out: Path, cwd: Path) -> Completed:
-    """Read axolotl's prepared dataset (arrow) back as JSON lines, with its own `datasets`."""
-    return run_python([str(HERE / "dump_prepared.py"), str(prepared), str(out)], cwd).check()
-
-
 def preprocess_many(configs: list[Path], cwd: Path, timeout: float = 3600) -> Completed:
     """Every config through axolotl's preprocess CLI entry in one process (one import)."""
     return run_python([str(HERE / "preprocess_many.py"), *map(str, configs)], cwd, timeout=timeout)
