@@ -8,7 +8,8 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install kube kube-peers demo test test-fast lint format typecheck bench bench-gpu crd chart images e2e-kind clean
+.PHONY: install kube kube-peers demo test test-fast lint format typecheck bench bench-gpu crd chart images e2e-kind clean \
+	axolotl compat-axolotl
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,28 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## axolotl itself, pinned, in a venv of its own (~7 GB, never mixed into ours): what the
+## side-by-side comparisons run against. Torch comes from constraints.txt, everything else
+## from bench/vs_axolotl/constraints.txt (the versions resolved when the pin was set).
+AXOLOTL_VERSION := 0.19.0
+AXOLOTL_VENV ?= .cache/axolotl-venv
+AXOLOTL_STAMP := $(AXOLOTL_VENV)/.installed
+AXOLOTL_CONSTRAINTS := bench/vs_axolotl/constraints.txt
+
+$(AXOLOTL_STAMP): constraints.txt $(AXOLOTL_CONSTRAINTS)
+	$(PYTHON) -m venv $(AXOLOTL_VENV)
+	$(AXOLOTL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	nice $(AXOLOTL_VENV)/bin/python -m pip install --quiet -c constraints.txt \
+		-c $(AXOLOTL_CONSTRAINTS) axolotl==$(AXOLOTL_VERSION)
+	touch $(AXOLOTL_STAMP)
+
+axolotl: $(AXOLOTL_STAMP)
+
+## Token-exact data, loss curves and config coverage against axolotl (tests/compat). Here a
+## missing axolotl venv or a skipped comparison is a failure; `make test` skips them instead.
+compat-axolotl: $(STAMP) $(AXOLOTL_STAMP)
+	FINETUNE_REQUIRE_AXOLOTL=1 AXOLOTL_VENV=$(AXOLOTL_VENV) $(PY) -m pytest tests/compat $(PYTEST_ARGS)
 
 ## The test control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok),
 ## built from the Go modules pinned under kube/ into .cache/kube/<version>/; a no-op until a pin
@@ -69,8 +92,8 @@ images:
 	docker build -f images/operator/Dockerfile -t finetune-operator:$(IMAGE_TAG) .
 	docker build -f images/runtime/Dockerfile -t finetune-runtime:$(IMAGE_TAG) .
 
-bench: $(STAMP) kube kube-peers
-	$(PY) -m bench.run
+bench: $(STAMP) kube kube-peers $(AXOLOTL_STAMP)
+	AXOLOTL_VENV=$(AXOLOTL_VENV) $(PY) -m bench.run
 
 bench-gpu: $(STAMP)
 	PYTHON=$(PY) bench/gpu.sh

@@ -48,6 +48,12 @@ def render(results: dict[str, Any]) -> str:
         "(min / median / max, sampled around each measurement) is given per bench; baseline "
         "and candidate runs are interleaved so load hits both",
     ]
+    if results.get("carried_from"):
+        c = results["carried_from"]
+        out.append(
+            f"- {', '.join(c['benches'])}: carried over unchanged from `{c['command']}` "
+            f"({c['date']}); only the other benches were rerun"
+        )
     if results.get("quick"):
         out += ["", "**Quick (smoke-test) sizes: these numbers mean nothing.**"]
     if "throughput" in results:
@@ -68,6 +74,10 @@ def render(results: dict[str, Any]) -> str:
         from bench.data_bench import render as render_data
 
         out += ["", *render_data(results["data"]), f"- load: {_load(results['data'].get('load'))}"]
+    if "axolotl" in results:
+        from bench.vs_axolotl.report import render_section
+
+        out += ["", *render_section(results["axolotl"])]
     if results.get("errors"):
         out += ["", "## Failed benches", ""]
         for name, error in results["errors"].items():

@@ -6,8 +6,9 @@
 
 Benches: throughput (1), packing (2), flops (3, shares the throughput rounds),
 operator (4 and 5), serve (`finetune serve` vs sequential generate), data (7:
-bench/data_bench.py). Results go to OUT/results.json and OUT/RESULTS.md; headline keys are
-merged into OUT/headline.json.
+bench/data_bench.py), axolotl (against axolotl itself; needs `make axolotl`). Results go to
+OUT/results.json and OUT/RESULTS.md; headline keys are merged into OUT/headline.json; a run
+of some benches (--only) keeps the other benches' last results from OUT/results.json.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from bench.common import LoadLog, interleave, machine, median, run_worker
 
-BENCHES = ("throughput", "packing", "flops", "mid", "operator", "serve", "data")
+BENCHES = ("throughput", "packing", "flops", "mid", "operator", "serve", "data", "axolotl")
 
 
 @dataclass
@@ -293,6 +294,34 @@ def _run_mid(sizes: Sizes, results: dict[str, Any], data: Path, write_headline: 
         results["errors"]["mid"] = traceback.format_exc()
 
 
+def run_vs_axolotl(quick: bool) -> dict[str, Any]:
+    from bench.vs_axolotl import speed, venv
+
+    reason = venv.missing_reason()
+    if reason is not None:
+        raise RuntimeError(reason)
+    load = LoadLog()
+    with tempfile.TemporaryDirectory(prefix="bench-axolotl-") as tmp:
+        result = speed.run(speed.QUICK if quick else speed.SpeedSizes(), Path(tmp), load)
+    return result | {"load": load.summary(), "versions": venv.installed_versions()}
+
+
+def keep_previous(results: dict[str, Any], previous: Path, only: set[str]) -> None:
+    """Carry the last results of benches this run skipped, so RESULTS.md keeps them."""
+    if results.get("quick") or not previous.is_file():
+        return
+    old = json.loads(previous.read_text())
+    carried = [n for n in BENCHES if n not in only and n in old and n not in results]
+    for name in carried:
+        results[name] = old[name]
+    if carried:
+        when = old.get("carried_from") or {
+            "command": old.get("command"),
+            "date": old.get("machine", {}).get("date"),
+        }
+        results["carried_from"] = when | {"benches": carried}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (seconds)")
@@ -394,7 +423,15 @@ def main(argv: list[str] | None = None) -> int:
             results["errors"]["operator"] = traceback.format_exc()
     if "serve" in only:
         run_serve(sizes, args.threads, results)
+    if "axolotl" in only:
+        print("axolotl: side by side on the mid-size model", file=sys.stderr, flush=True)
+        try:
+            results["axolotl"] = run_vs_axolotl(args.quick)
+        except Exception:  # noqa: BLE001
+            results["errors"]["axolotl"] = traceback.format_exc()
     results["total_seconds"] = time.monotonic() - started
+    if out is not None:
+        keep_previous(results, out / "results.json", only)
 
     from bench.report import render
 
@@ -411,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.data_bench import headline
 
             merge_headline(headline(results["data"]["summary"]), out / "headline.json")
+        if "axolotl" in results and "axolotl" in only:
+            from bench.common import merge_headline
+
+            merge_headline(results["axolotl"]["headline"], out / "headline.json")
         print(f"wrote {out / 'RESULTS.md'} and {out / 'results.json'}", file=sys.stderr)
     else:
         print(markdown)

@@ -121,6 +121,7 @@ SCALAR_MAP: dict[str, Loc] = {
     "mlflow_experiment_name": ("tracking", "mlflow", "experiment_name"),
     "mlflow_run_name": ("tracking", "mlflow", "run_name"),
     "use_tensorboard": ("tracking", "tensorboard"),
+    "tokens": ("added_tokens",),
 }
 
 # Canonical top-level keys that keep their name in both forms.
@@ -309,6 +310,8 @@ def _normalize_flat(raw: dict[str, Any], out: Normalized) -> None:
             "adapter",
         ):
             continue  # combined below
+        elif key in ("plugins", "hatchery"):
+            _check_plugins(key, value, out)
         elif key in ("fsdp", "fsdp_config") and value:
             out.warnings.append(
                 f"{key}: FSDP is not used by finetune-operator; sharding comes from `deepspeed` "
@@ -324,6 +327,43 @@ def _normalize_flat(raw: dict[str, Any], out: Normalized) -> None:
     _map_datasets(raw, out)
     if raw.get("special_tokens"):
         _set(out, ("special_tokens",), raw["special_tokens"], ("special_tokens",))
+
+
+# axolotl plugins that only swap in faster kernels or log: the training they run is the
+# same, so a config naming them means the same here. Any other plugin (remote Tinker
+# training, RL environments, distillation, ...) changes what training *is*: an error.
+NEUTRAL_PLUGINS = {
+    "axolotl.integrations.liger.LigerPlugin",
+    "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin",
+    "axolotl.integrations.kernels.KernelsPlugin",
+    "axolotl.integrations.spectrum.SpectrumPlugin",
+}
+
+
+def _check_plugins(key: str, value: Any, out: Normalized) -> None:
+    if key == "hatchery":
+        out.issues.append(
+            ConfigIssue.at(
+                ("hatchery",),
+                "hatchery (training on a remote Tinker backend, with its own LoRA rank, loss "
+                "and rewards) is not supported: finetune-operator trains in its own pods; "
+                "remove `hatchery` and its plugin, and set adapter/lora_r for local training",
+            )
+        )
+        return
+    names = value if isinstance(value, list) else [value]
+    for i, name in enumerate(names):
+        if str(name) in NEUTRAL_PLUGINS:
+            out.warnings.append(f"plugins[{i}]: {name} (kernels only) is ignored here")
+        else:
+            out.issues.append(
+                ConfigIssue.at(
+                    ("plugins", i),
+                    f"axolotl plugin {name!r} changes how axolotl trains and cannot be "
+                    "reproduced here; remove it (kernel-only plugins such as "
+                    "axolotl.integrations.liger.LigerPlugin are accepted and ignored)",
+                )
+            )
 
 
 # Counting keys where axolotl reads 0 as "off".

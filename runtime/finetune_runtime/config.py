@@ -309,6 +309,11 @@ class FineTuneConfig(_Section):
         None, description="Template name (chatml, llama3, tokenizer_default, ...) or Jinja text."
     )
     special_tokens: dict[str, str] = Field(default_factory=dict)
+    added_tokens: list[str] = Field(
+        default_factory=list,
+        description="New tokens added to the tokenizer (after special_tokens), each kept whole "
+        "when tokenizing; the embeddings grow to fit. axolotl's `tokens`.",
+    )
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     deepspeed: str | dict[str, Any] | None = Field(
         None, description="zero1|zero2|zero3|zero2_offload|zero3_offload, a JSON path, or a dict."
@@ -433,6 +438,15 @@ def cross_field_rules(config: FineTuneConfig) -> list[Rule]:
                 ("training", "sample_packing"),
                 f"adapter {config.adapter!r} puts virtual tokens before every sequence, which "
                 "packed rows cannot share: set sample_packing to false",
+            )
+        )
+    if config.added_tokens and config.uses_lora_family and not config.lora.modules_to_save:
+        found.append(
+            (
+                ("added_tokens",),
+                "new tokens would keep random, untrained embeddings under a LoRA adapter: set "
+                "lora.modules_to_save to the embedding layers (Llama: [embed_tokens, lm_head]; "
+                "axolotl: lora_modules_to_save), as axolotl requires",
             )
         )
     for a, b in (

@@ -99,6 +99,16 @@ def load_tokenizer(config: FineTuneConfig, source: str, base_dir: Path | None = 
         )
     if special:
         tokenizer.add_special_tokens(special)
+    if config.added_tokens:
+        from tokenizers import AddedToken
+
+        # As axolotl adds its `tokens`: matched verbatim, spaces around them left alone.
+        tokenizer.add_tokens(
+            [
+                AddedToken(token, rstrip=False, lstrip=False, normalized=False)
+                for token in config.added_tokens
+            ]
+        )
     if tokenizer.pad_token is None:
         # Padded positions are masked and their labels ignored, so any token will do.
         fallback = tokenizer.eos_token or tokenizer.unk_token
