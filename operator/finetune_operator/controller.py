@@ -25,9 +25,9 @@ from finetune_operator.progress_client import fetch_progress
 from finetune_operator.reconcile import Decision, Observed, reconcile
 from finetune_operator.redact import redact
 from finetune_operator.scheduling import pod_group_manifest
+from finetune_operator.serving import serving_name
 from finetune_operator.spec import RunPolicy
 from finetune_operator.startup import Rejection
-from finetune_operator.serving import serving_name
 
 log = logging.getLogger("finetune_operator.controller")
 

@@ -84,7 +84,7 @@ def reconcile(
     return cy.finish()
 
 
-def _serving(cy: _Cycle, settings: m.PodSettings) -> None:
+def _serving(cy: Cycle, settings: m.PodSettings) -> None:
     """spec.serve: inference replicas of a Succeeded job (see finetune_operator.serving);
     removed again when spec.serve is."""
     raw = cy.job.get("spec")

@@ -21,7 +21,18 @@ from rich.markup import escape
 from finetune_runtime import __version__
 from finetune_runtime.errors import EXIT_INTERRUPTED, FinetuneError
 
-COMMANDS = ("validate", "init", "preprocess", "train", "merge", "generate", "fetch", "launch", "run", "serve")
+COMMANDS = (
+    "validate",
+    "init",
+    "preprocess",
+    "train",
+    "merge",
+    "generate",
+    "fetch",
+    "launch",
+    "run",
+    "serve",
+)
 # Set by `finetune launch`: a trainer failing with a FinetuneError writes its exit code here,
 # so the launcher reports it instead of torchrun's generic 1 (exit codes: errors.EXIT_*).
 EXIT_FILE_ENV = "FINETUNE_EXIT_FILE"

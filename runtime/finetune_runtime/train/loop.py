@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from finetune_runtime.config import FineTuneConfig
+from finetune_runtime.data.pipeline import TokenizedDataset
 from finetune_runtime.data.tokenize import IGNORE_INDEX
 from finetune_runtime.errors import CheckpointError, ConfigError, DivergedError
 from finetune_runtime.generate import Sample, sample_from_example
