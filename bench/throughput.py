@@ -103,10 +103,11 @@ def run_ours(args: dict[str, Any], packed: bool) -> dict[str, Any]:
             facts["flops"] = flop_model(self.backend.unwrap()).__dict__
             facts["rss_after_setup_mib"] = rss_mib()
             facts["train_rows"] = len(self.data.train)
+            rows = [self.data.train[i] for i in range(len(self.data.train))]
             lengths = (
-                [len(e["input_ids"]) for e in self.data.train.examples]
+                [len(e["input_ids"]) for e in rows]
                 if not packed
-                else [n for row in self.data.train.examples for n in _segment_lengths(row)]
+                else [n for row in rows for n in _segment_lengths(row)]
             )
             facts["context"] = effective_context(lengths)
 
