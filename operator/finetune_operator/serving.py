@@ -168,13 +168,8 @@ def _pod_spec(
             each["imagePullPolicy"] = spec.image_pull_policy
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": c.RUN_AS_USER,
-            "runAsGroup": c.RUN_AS_USER,
-            "fsGroup": c.RUN_AS_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        # Locked down like the workers, without naming a UID a restricted policy may forbid.
+        "securityContext": m._pod_security(settings),
         "containers": [container],
         "volumes": volumes,
     }
