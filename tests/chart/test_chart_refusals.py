@@ -99,6 +99,11 @@ CROSS_FIELD: list[tuple[str, dict[str, Any], list[str]]] = [
         ["resources.requests.memory (1Gi) is more than resources.limits.memory (1000M)"],
     ),
     (
+        "memory limit the operator cannot start in",
+        {"resources": {"requests": {"memory": "64Mi"}, "limits": {"memory": "100Mi"}}},
+        ["resources.limits.memory 100Mi is below 128Mi"],
+    ),
+    (
         "bind address moved off the pod IP by env",
         {"operator": {"env": [{"name": "FINETUNE_OPERATOR_BIND_ADDRESS", "value": "127.0.0.1"}]}},
         ["operator.env: FINETUNE_OPERATOR_BIND_ADDRESS"],
