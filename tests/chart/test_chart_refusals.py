@@ -129,6 +129,11 @@ CROSS_FIELD: list[tuple[str, dict[str, Any], list[str]]] = [
         ['--resync-seconds takes a number of seconds above 0, not "0"'],
     ),
     (
+        "zero resync interval as a number",
+        {"operator": {"extraArgs": ["--resync-seconds", 0]}},
+        ['--resync-seconds takes a number of seconds above 0, not "0"'],
+    ),
+    (
         "progress port out of range",
         {"operator": {"extraArgs": ["--progress-port", "70000"]}},
         ['--progress-port takes a port number (1-65535), not "70000"'],
@@ -229,8 +234,16 @@ def test_accepted_extra_args_render_and_parse_with_the_operator(render: Render) 
         {"fullnameOverride": "ftop", "nameOverride": "tuner", "imagePullSecrets": ["reg.example"]},
         {"podLabels": {"example.com/team": "ml-platform"}, "priorityClassName": "system.high"},
         {"image": {"repository": "localhost:5000/finetune_operator", "pullPolicy": "Never"}},
+        {"operator": {"extraArgs": ["--resync-seconds", 10, "--progress-port", 9400]}},
     ],
-    ids=["timeout-equal-to-interval", "request-equal-to-limit", "overrides", "labels", "registry"],
+    ids=[
+        "timeout-equal-to-interval",
+        "request-equal-to-limit",
+        "overrides",
+        "labels",
+        "registry",
+        "numeric-args",
+    ],
 )
 def test_edge_values_that_work_are_accepted(render: Render, values: dict[str, Any]) -> None:
     assert render(values=values)

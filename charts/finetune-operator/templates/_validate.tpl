@@ -53,7 +53,8 @@ the operator exit at start. A test keeps this list equal to the parser's flags m
 
 {{/* operator.extraArgs: known flags only, none the chart renders, values the parser accepts. */}}
 {{- define "finetune-operator.validateExtraArgs" -}}
-{{- $args := . }}
+{{- $args := list }}
+{{- range . }}{{ $args = append $args (toString .) }}{{ end }}
 {{- $refused := include "finetune-operator.refusedFlags" . | fromJson }}
 {{- $known := include "finetune-operator.extraArgFlags" . | fromJsonArray }}
 {{- range $i, $arg := $args }}
