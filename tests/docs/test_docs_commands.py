@@ -9,8 +9,10 @@ relative paths like `charts/finetune-operator` resolve. What runs:
 - `helm show|template|lint|package` as written; `helm install|upgrade` as `helm template` with
   the same name, chart and values (install-only flags dropped): that is what helm checks before
   it talks to a cluster;
+- `kubectl apply` as a server-side dry run and `kubectl get crd`, against the real control
+  plane (tests/kubeharness: kube-apiserver with the FineTuneJob CRD applied);
 - usage lines (`finetune validate CONFIG [--json]`): every flag they name must be a flag of the
-  real argument parser.
+  real argument parser, and a number shown beside a flag must be its default.
 
 Anything else must match a SKIP rule saying why it cannot run here; a rule that matches
 nothing, or matches a command that runs, fails the test, so the list cannot go stale.
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from doc_commands import REPO, DocCommand, all_commands, commands_in, doc_files
 from helm_binary import find_tools
 
@@ -44,10 +47,19 @@ class Skip:
 
 SKIP = [
     Skip(
-        r"^kubectl ",
-        "talks to a cluster's API server (objects the doc assumes exist, or a live job); "
-        "the chart's objects are applied to the test control plane in tests/chart",
+        r"^kubectl (-n \S+ )?(get ftj|wait|describe ftj|logs)",
+        "follows a live FineTuneJob: needs the operator image running a job on a node",
     ),
+    Skip(
+        r"^kubectl -n \S+ rollout status",
+        "waits for the operator's pod to run: needs the image on a node",
+    ),
+    Skip(
+        r"^kubectl delete ",
+        "tears down a whole installation (every FineTuneJob, the CRD), which other tests share",
+    ),
+    Skip(r"^kubectl -n argocd ", "needs Argo CD installed in the cluster"),
+    Skip(r"^kubectl --context kind-", "the kind cluster of `make e2e-kind` (needs Docker)"),
     Skip(r"^helm uninstall ", "removes a release from a cluster"),
     Skip(
         r"^finetune fetch s3://",
@@ -135,7 +147,37 @@ def runs_here(argv: list[str]) -> bool:
         return argv[1] in ("init", "validate", "launch") and not argv[-1].startswith("s3://")
     if argv[0] == "helm":
         return argv[1] in ("install", "upgrade", "show", "template", "lint", "package")
+    if argv[0] == "kubectl":
+        return argv[1] == "apply" or argv[1:3] == ["get", "crd"]
     return False
+
+
+def run_kubectl(argv: list[str], cwd: Path, kubeconfig: Path, stdin: str) -> str:
+    """`kubectl apply` as a server-side dry run (the apiserver validates against the CRD and
+    its admission rules, nothing is stored); `kubectl get crd` as written."""
+    kubectl = [str(find_tools().kubectl), "--kubeconfig", str(kubeconfig)]
+    if argv[1] == "apply":
+        argv = [*argv, "--dry-run=server"]
+        # Given: the namespaces the applied files name exist (e.g. `ml` in examples/).
+        files = [cwd / argv[i + 1] for i, a in enumerate(argv) if a == "-f" and argv[i + 1] != "-"]
+        docs = [d for f in files for d in yaml.safe_load_all(f.read_text()) if d]
+        for namespace in {d["metadata"].get("namespace") for d in docs} - {None}:
+            manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+            subprocess.run(
+                [*kubectl, "apply", "-f", "-"], input=yaml.safe_dump(manifest), check=True,
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+    result = subprocess.run(
+        [*kubectl, *argv[1:]],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"`{shlex.join(argv)}` failed:\n{result.stderr}"
+    return result.stdout
 
 
 def skip_rule(argv: list[str]) -> Skip | None:
@@ -160,13 +202,17 @@ def _given(path: str, scratch: Path) -> None:
 @pytest.mark.parametrize(
     "doc", [p for p in doc_files() if commands_in(p)], ids=lambda p: str(p.relative_to(REPO))
 )
-def test_doc_commands_run(doc: Path, scratch: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_doc_commands_run(
+    doc: Path, scratch: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
+) -> None:
+    """kubectl commands run against the real control plane (tests/kubeharness), CRD applied."""
     commands = commands_in(doc)
     _given(str(doc.relative_to(REPO)), scratch)
     for command in commands:
         if command.synopsis:
             check_synopsis(command)
             continue
+        piped = ""
         for argv in command.pipeline():
             if not runs_here(argv):
                 assert skip_rule(argv), (
@@ -174,10 +220,14 @@ def test_doc_commands_run(doc: Path, scratch: Path, capsys: pytest.CaptureFixtur
                     "SKIP rule in tests/docs/test_docs_commands.py: make it runnable or add a "
                     "rule that says why it cannot run here"
                 )
+                piped = ""
             elif argv[0] == "finetune":
-                run_finetune(argv, scratch, capsys)
+                piped = run_finetune(argv, scratch, capsys)
+            elif argv[0] == "helm":
+                piped = run_helm(argv, scratch) or ""
             else:
-                assert run_helm(argv, scratch) is not None
+                kubeconfig = request.getfixturevalue("cluster").kubeconfig
+                piped = run_kubectl(argv, scratch, kubeconfig, piped)
 
 
 def test_skip_list_is_current() -> None:
