@@ -47,8 +47,9 @@ def _kubectl(tools: Any, kubeconfig: Path) -> Callable[..., subprocess.Completed
 def chart_copy(target: Path, server_version: str, version: str | None = None) -> Path:
     """The chart, copied; with `version`, as that chart version.
 
-    A control plane built from Go modules without version ldflags reports v0.0.0-master, which
-    no `kubeVersion` constraint admits; only then is the constraint dropped from the copy.
+    A control plane built before scripts/build-kube.sh stamped the release (-X gitVersion)
+    reports v0.0.0-master, which no `kubeVersion` constraint admits; only with such a stale
+    build is the constraint dropped from the copy (`make kube` rebuilds it stamped).
     """
     chart = target / "finetune-operator"
     shutil.copytree(CHART, chart)
