@@ -77,6 +77,7 @@ SKIP = [
 # Files a doc assumes the reader already has, created in the scratch directory first.
 GIVEN = {
     "docs/distributed.md": {"cfg.yaml": "tiny preset (the page trains the tiny model)"},
+    "docs/install.md": {"my-values.yaml": "the user's own values: {}"},
     "charts/finetune-operator/README.md": {"my-values.yaml": "the user's own values: {}"},
 }
 HELM_INSTALL_ONLY = {"--create-namespace", "--wait", "--atomic", "--reuse-values", "--install"}
