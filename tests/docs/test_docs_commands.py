@@ -60,7 +60,10 @@ SKIP = [
     ),
     Skip(r"^kubectl -n argocd ", "needs Argo CD installed in the cluster"),
     Skip(r"^kubectl --context kind-", "the kind cluster of `make e2e-kind` (needs Docker)"),
-    Skip(r"^helm uninstall ", "removes a release from a cluster"),
+    Skip(
+        r"^helm uninstall ",
+        "removes the release the doc's `helm install` made, which runs here only as helm template",
+    ),
     Skip(
         r"^finetune fetch s3://",
         "needs the S3 bucket and objects the doc names; fetch runs against a moto S3 server",
