@@ -27,6 +27,8 @@ from chart_helpers import CHART, REPO, run_helm
 RELEASE = "ftop-upgrade"
 NAMESPACE = "chart-upgrade"
 CRD_NAME = "finetunejobs.finetune.dev"
+pytestmark = pytest.mark.slow  # starts the session's control plane, like the operator suites
+
 PENDING = ["--set-string", "nodeSelector.finetune\\.dev/no-such-node=true"]
 
 

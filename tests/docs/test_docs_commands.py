@@ -203,8 +203,26 @@ def _given(path: str, scratch: Path) -> None:
         (scratch / name).write_text(text, encoding="utf-8")
 
 
+def _needs_control_plane(doc: Path) -> bool:
+    return any(
+        argv[0] == "kubectl" and runs_here(argv)
+        for command in commands_in(doc)
+        if not command.synopsis
+        for argv in command.pipeline()
+    )
+
+
 @pytest.mark.parametrize(
-    "doc", [p for p in doc_files() if commands_in(p)], ids=lambda p: str(p.relative_to(REPO))
+    "doc",
+    [
+        pytest.param(
+            doc,
+            id=str(doc.relative_to(REPO)),
+            marks=[pytest.mark.slow] if _needs_control_plane(doc) else [],
+        )
+        for doc in doc_files()
+        if commands_in(doc)
+    ],
 )
 def test_doc_commands_run(
     doc: Path, scratch: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
