@@ -127,7 +127,7 @@ the operator exit at start. A test keeps this list equal to the parser's flags m
 {{- end }}
 {{- with ($v.resources.limits | default dict).memory }}
 {{- if lt (include "finetune-operator.quantity" . | float64) 134217728.0 }}
-{{- fail (printf "resources.limits.memory %v is below 128Mi: the idle operator measured 87 MiB RSS (docs/benchmarks.md), so it would be OOM-killed in a loop" .) }}
+{{- fail (printf "resources.limits.memory %v is below 128Mi: the idle operator measured 87 MiB RSS (bench/RESULTS.md), so it would be OOM-killed in a loop" .) }}
 {{- end }}
 {{- end }}
 {{- range $resource, $limit := $v.resources.limits }}
