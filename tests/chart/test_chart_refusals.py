@@ -33,6 +33,8 @@ REFUSED_FLAGS = {
     "--health-port": "health.port",
     "--default-image": "runtimeImage",
     "--bind-address": "pod IP",
+    "--leader-elect": "leaderElection",
+    "--leader-election-id": "rendered by the chart",
     "-h": "exits",
     "--help": "exits",
 }
@@ -43,6 +45,9 @@ ACCEPTED_FLAGS: dict[str, str | None] = {
     "--log-format": "plain",
     "-v": None,
     "--verbose": None,
+    "--worker-fs-group": "2000",
+    "--leader-election-namespace": "finetune-system",
+    "--leader-lease-seconds": "15",
 }
 
 
@@ -110,8 +115,8 @@ CROSS_FIELD: list[tuple[str, dict[str, Any], list[str]]] = [
     ),
     (
         "unknown operator flag",
-        {"operator": {"extraArgs": ["--leader-elect"]}},
-        ["--leader-elect is not a finetune-operator flag"],
+        {"operator": {"extraArgs": ["--frobnicate"]}},
+        ["--frobnicate is not a finetune-operator flag"],
     ),
     (
         "log format the operator rejects",

@@ -59,6 +59,7 @@ SKIP = [
         "tears down a whole installation (every FineTuneJob, the CRD), which other tests share",
     ),
     Skip(r"^kubectl -n argocd ", "needs Argo CD installed in the cluster"),
+    Skip(r"^kubectl apply -f job\.yaml", "applies a job file the reader wrote (not in the repo)"),
     Skip(r"^kubectl --context kind-", "the kind cluster of `make e2e-kind` (needs Docker)"),
     Skip(
         r"^helm uninstall ",
@@ -70,9 +71,9 @@ SKIP = [
         "tests/runtime/test_fetch.py",
     ),
     Skip(
-        r"^finetune (train|merge|run) my\.yaml",
-        "trains the tiny preset for minutes on 2 shared cores; `finetune run` of the tiny preset "
-        "(train, merge, generate) runs in the demo test",
+        r"^finetune (train|merge|run|generate|serve) my\.yaml",
+        "trains the tiny preset (or uses what it trained): minutes on 2 shared cores; "
+        "`finetune run` of the tiny preset (train, merge, generate) runs in the demo test",
         "tests/runtime/test_demo.py",
     ),
 ]
@@ -152,7 +153,9 @@ def runs_here(argv: list[str]) -> bool:
     if argv[0] == "helm":
         return argv[1] in ("install", "upgrade", "show", "template", "lint", "package")
     if argv[0] == "kubectl":
-        return argv[1] == "apply" or argv[1:3] == ["get", "crd"]
+        files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-f"]
+        applies = argv[1] == "apply" and all(f == "-" or (REPO / f).exists() for f in files)
+        return applies or argv[1:3] == ["get", "crd"]
     return False
 
 

@@ -19,6 +19,8 @@ values: a second copy would be refused by the operator's argument parser (--name
   "--health-port" "is rendered by the chart; set health.port instead"
   "--default-image" "is rendered by the chart; set runtimeImage.repository and runtimeImage.tag instead"
   "--bind-address" "would move the operator off the pod IP, where the probes and the metrics Service reach it; remove it"
+  "--leader-elect" "is rendered by the chart; set leaderElection.enabled instead"
+  "--leader-election-id" "is rendered by the chart from the release name"
   "-h" "prints help and exits: the pod would crash-loop; remove it"
   "--help" "prints help and exits: the pod would crash-loop; remove it"
 ) }}
@@ -29,7 +31,7 @@ The other `finetune-operator` flags (operator/finetune_operator/main.py); an unk
 the operator exit at start. A test keeps this list equal to the parser's flags minus the above.
 */}}
 {{- define "finetune-operator.extraArgFlags" -}}
-{{- toJson (list "--progress-port" "--resync-seconds" "--log-format" "-v" "--verbose") }}
+{{- toJson (list "--progress-port" "--resync-seconds" "--log-format" "-v" "--verbose" "--worker-fs-group" "--leader-election-namespace" "--leader-lease-seconds") }}
 {{- end }}
 
 {{/* A Prometheus duration (1h30m, 30s, 500ms) in milliseconds. */}}
