@@ -80,10 +80,11 @@ crd: $(STAMP)
 	$(PY) -m finetune_operator.crd > crds/finetunejob.yaml
 	cp crds/finetunejob.yaml charts/finetune-operator/crds/finetunejob.yaml
 
-## Copy the generated CRD into the chart (a test fails when they differ) and lint the chart
-## with the helm binary that the dev extra ships.
+## Copy the generated CRD into the chart (a test fails when they differ), regenerate the values
+## table in the chart's README, and lint the chart with the helm binary that the dev extra ships.
 chart: $(STAMP)
 	cp crds/finetunejob.yaml charts/finetune-operator/crds/finetunejob.yaml
+	$(PY) scripts/chart_values_table.py
 	"$$($(PY) tests/helm_binary.py helm)" lint --strict charts/finetune-operator
 
 ## Build the operator and runtime images (needs Docker; IMAGE_TAG=dev by default).

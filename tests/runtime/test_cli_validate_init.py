@@ -57,6 +57,24 @@ def test_validate_prints_a_summary(tmp_path, capsys):
     assert "is valid" in out
 
 
+@pytest.mark.parametrize(
+    ("quantization", "shown", "not_shown"),
+    [
+        ("{bits: 8}", "lora (8-bit), r=8", "nf4"),
+        ("{bits: 4}", "lora (4-bit nf4, double quant), r=8", "8-bit"),
+        ("{bits: 4, type: fp4, double_quant: false}", "lora (4-bit fp4), r=8", "double"),
+    ],
+)
+def test_validate_summary_names_the_quantization_the_loader_applies(
+    tmp_path, capsys, quantization, shown, not_shown
+):
+    """8-bit loading ignores `type`/`double_quant` (model.bnb_config): the summary must too."""
+    text = VALID.format(path=DATA / "alpaca.jsonl") + f"quantization: {quantization}\n"
+    assert main(["validate", str(write(tmp_path, text))]) == 0
+    out = capsys.readouterr().out
+    assert shown in out and not_shown not in out, out
+
+
 def test_validate_json_summary_and_step_estimate(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     config = write(tmp_path, VALID.format(path=DATA / "alpaca.jsonl"))

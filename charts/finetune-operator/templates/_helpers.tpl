@@ -17,6 +17,11 @@
 {{- end }}
 {{- end }}
 
+{{/* The metrics Service: a Service name is at most 63 characters, so the prefix gets 55. */}}
+{{- define "finetune-operator.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "finetune-operator.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "finetune-operator.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -56,6 +61,7 @@ Fail early on combinations the schema cannot express clearly. Included by the De
 every render checks it.
 */}}
 {{- define "finetune-operator.validate" -}}
+{{- include "finetune-operator.validateValues" . }}
 {{- if and (eq .Values.rbac.scope "namespace") (empty .Values.watchNamespaces) }}
 {{- fail "rbac.scope=namespace needs the namespaces to watch: set watchNamespaces, e.g. --set 'watchNamespaces={team-a}' (or use rbac.scope=cluster to watch all namespaces)" }}
 {{- end }}

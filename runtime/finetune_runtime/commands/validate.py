@@ -23,7 +23,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from finetune_runtime.config import FineTuneConfig, parse_config_with_warnings
+from finetune_runtime.config import (
+    FineTuneConfig,
+    QuantizationSettings,
+    parse_config_with_warnings,
+)
 from finetune_runtime.errors import ConfigError, DatasetError, FinetuneError, ModelError
 
 
@@ -244,6 +248,14 @@ def _summary(config: FineTuneConfig, plan: Plan, notes: list[DatasetNote]) -> di
     }
 
 
+def _quantization_label(quant: QuantizationSettings) -> str:
+    """What the model loader does: `type`/`double_quant` only apply to 4-bit (model.bnb_config)."""
+    if quant.bits == 8:
+        return "8-bit"
+    double = ", double quant" if quant.double_quant else ""
+    return f"4-bit {quant.type}{double}"
+
+
 def _summary_table(config: FineTuneConfig, plan: Plan, notes: list[DatasetNote]) -> Table:
     t = config.training
     table = Table(title="finetune config", show_header=False, title_justify="left")
@@ -252,7 +264,7 @@ def _summary_table(config: FineTuneConfig, plan: Plan, notes: list[DatasetNote])
     table.add_row("model", config.base_model)
     adapter: str = config.adapter
     if config.quantization is not None:
-        adapter += f" ({config.quantization.bits}-bit {config.quantization.type})"
+        adapter += f" ({_quantization_label(config.quantization)})"
     if config.uses_lora_family:
         adapter += f", r={config.lora.r} alpha={config.lora.alpha:g}"
     table.add_row("adapter", adapter)
