@@ -177,7 +177,7 @@ def statuses() -> list[dict[str, Any]]:
     running = run(body, observed(body, gang(body, 1, "Running", "Running"), progress=DOC))
     out.append(running.status)
     body["status"] = running.status
-    failing = [pod(body, 1, 0, "Running", ip="10.0.0.1"), pod(body, 1, 1, "Failed", exit_code=9)]
+    failing = [pod(body, 1, 0, "Running", ip="10.0.0.1"), pod(body, 1, 1, "Failed", exit_code=137)]
     restarted = run(body, observed(body, failing))
     out.append(restarted.status)
     body["status"] = restarted.status
