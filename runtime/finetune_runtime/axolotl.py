@@ -270,6 +270,9 @@ def _normalize_flat(raw: dict[str, Any], out: Normalized) -> None:
     ignored: list[str] = []
     known = known_flat_keys()
     for key, value in raw.items():
+        if key in ("plugins", "hatchery"):  # what a plugin does decides: warn or refuse
+            _check_plugins(key, value, out)
+            continue
         if key not in known:
             if key in IGNORED_KEYS or is_empty(value):
                 ignored.append(key)
@@ -310,8 +313,6 @@ def _normalize_flat(raw: dict[str, Any], out: Normalized) -> None:
             "adapter",
         ):
             continue  # combined below
-        elif key in ("plugins", "hatchery"):
-            _check_plugins(key, value, out)
         elif key in ("fsdp", "fsdp_config") and value:
             out.warnings.append(
                 f"{key}: FSDP is not used by finetune-operator; sharding comes from `deepspeed` "
@@ -553,6 +554,15 @@ def _map_dataset(entry: dict[str, Any], i: int, out: Normalized) -> dict[str, An
     if ignored:
         out.warnings.append(
             f"datasets[{i}]: ignored axolotl keys with no effect here: {', '.join(sorted(ignored))}"
+        )
+    split, path = ds.get("split"), str(entry.get("path", ""))
+    if split not in (None, "train") and path.endswith((".json", ".jsonl")):
+        out.issues.append(
+            ConfigIssue.at(
+                here + ("split",),
+                f"split {split!r} is not supported for a local JSON file: it is read whole as "
+                "the train split; cut the file (or use val_set_size for a validation split)",
+            )
         )
     mappings = entry.get("message_property_mappings")
     if isinstance(mappings, dict):

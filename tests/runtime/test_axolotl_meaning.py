@@ -58,7 +58,7 @@ def test_split_slice_is_refused_and_unknown_dataset_keys_are_named() -> None:
     _, warnings = parse_config_with_warnings(
         BASE.replace("    type: alpaca\n", "    type: alpaca\n    split: train\n    shards: 4\n")
     )
-    assert "datasets[0]: ignored keys (read as if absent): shards" in warnings
+    assert "datasets[0]: ignored axolotl keys with no effect here: shards" in warnings
 
 
 def test_added_tokens_are_read_and_need_trained_embeddings_under_lora() -> None:
