@@ -4,6 +4,7 @@ Init containers run one after the other, then the main container, with the pod's
 args and environment; the pod's phase, conditions and container statuses follow the
 processes as a kubelet reports them (Pending while init containers run, Running while the
 main container runs, Succeeded on exit 0, Failed otherwise; 128+N when killed by signal N).
+A main container with a readiness httpGet probe is Ready only while it passes (`probes`).
 What cannot exist here (images, namespaces, cgroups) is described in node_agent.
 """
 
