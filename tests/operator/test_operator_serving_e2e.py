@@ -109,6 +109,8 @@ def test_serve_replicas_answer_through_the_service_and_go_with_spec_serve(
     for pod in pods:
         assert pod["spec"]["nodeName"] == node.node_name
         assert pod["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+        probe = pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]
+        assert probe["path"] == "/readyz"  # what the node agent probed to make it Ready
 
     addresses = node.service_addresses(NS, f"{NAME}-serve")
     assert sorted(addresses) == sorted(f"{p['status']['podIP']}:{port}" for p in pods)
