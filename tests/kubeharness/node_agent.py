@@ -21,6 +21,11 @@ What cannot exist here is played, and nothing else:
   DNS would answer is replaced by the IP when the container starts, and a pod's
   PET_MASTER_PORT by a port free on this host (a fixed 29500 would collide here).
 - Resources: OMP_NUM_THREADS=1 per container; GPUs do not exist.
+- Probes: only readiness `httpGet` probes run, every half second (see `probes`); a pod with
+  one is Ready while its probe passes. An argument `0.0.0.0` (listen on every interface of
+  the pod) becomes the pod's IP.
+- Services: there is no kube-proxy; `service_addresses` lists the endpoints a request to a
+  Service would be routed to.
 """
 
 from __future__ import annotations
@@ -368,6 +373,36 @@ class NodeAgent:
             and (publish_not_ready or _is_ready(pod))
         ]
         return str(answers[0]["status"]["podIP"]) if answers else None
+
+    def service_addresses(self, namespace: str, service_name: str) -> list[str]:
+        """`ip:port` of every endpoint behind a Service's first port, as kube-proxy would
+        route to them: the EndpointSlice controller's rules applied to the pods (see
+        `resolve`): selected, with an IP, not finished, ready (or not-ready addresses
+        published); a named targetPort resolved in each pod's containers. Oldest first."""
+        service = self.admin.get(f"api/v1/namespaces/{namespace}/services/{service_name}")
+        if service is None or not service["spec"].get("selector"):
+            return []
+        port = service["spec"]["ports"][0]
+        target = port.get("targetPort", port["port"])
+        selector = ",".join(f"{k}={v}" for k, v in service["spec"]["selector"].items())
+        publish_not_ready = bool(service["spec"].get("publishNotReadyAddresses"))
+        pods = self.admin.items(f"api/v1/namespaces/{namespace}/pods", labelSelector=selector)
+        out = []
+        for pod in sorted(pods, key=lambda p: p["metadata"]["creationTimestamp"]):
+            status = pod.get("status") or {}
+            if not status.get("podIP") or status.get("phase") in ("Succeeded", "Failed"):
+                continue
+            if not (publish_not_ready or _is_ready(pod)):
+                continue
+            named = {
+                p.get("name"): p["containerPort"]
+                for container in pod["spec"]["containers"]
+                for p in container.get("ports", [])
+            }
+            number = named.get(target) if isinstance(target, str) else target
+            if number is not None:
+                out.append(f"{status['podIP']}:{number}")
+        return out
 
     # -- volumes, processes, logs ----------------------------------------------------
     def claim_dir(self, namespace: str, claim: str) -> Path:

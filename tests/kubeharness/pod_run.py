@@ -4,6 +4,7 @@ Init containers run one after the other, then the main container, with the pod's
 args and environment; the pod's phase, conditions and container statuses follow the
 processes as a kubelet reports them (Pending while init containers run, Running while the
 main container runs, Succeeded on exit 0, Failed otherwise; 128+N when killed by signal N).
+A main container with a readiness httpGet probe is Ready only while it passes (`probes`).
 What cannot exist here (images, namespaces, cgroups) is described in node_agent.
 """
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kubeharness import probes
 from kubeharness.api import STRATEGIC, ApiError
 from kubeharness.rewrite import rewrite_file_text, rewrite_path
 
@@ -63,6 +65,7 @@ class PodRun:
     containers: dict[str, ContainerRun] = field(default_factory=dict)
     current: ContainerRun | None = None
     phase: str = "Pending"
+    probed_ready: bool | None = None  # the readiness probe's verdict; None: no probe
     deleted: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)  # deletion vs. a start
@@ -144,6 +147,7 @@ class PodRun:
         self.containers[name] = run
         own = mounts[name]
         argv = [rewrite_path(a, own) for a in [*container["command"], *container.get("args", [])]]
+        argv = [self.ip if a == "0.0.0.0" else a for a in argv]  # "every interface" of the pod
         env = {key: rewrite_path(value, own) for key, value in env.items()}
         env[MARKER] = f"{self.uid}/{name}"
         executable = shutil.which(argv[0], path=env.get("PATH"))
@@ -168,6 +172,7 @@ class PodRun:
             self.current = run
         is_main = name == self.main["name"]
         if is_main:
+            self._start_probing(container, run)
             self.report("Running", main_state={"running": {"startedAt": run.started_at}})
         code = run.proc.wait()
         run.exit_code = 128 - code if code < 0 else code  # killed by signal N -> 128+N
@@ -178,6 +183,26 @@ class PodRun:
         if not is_main:
             self.report("Pending")
         return run.exit_code
+
+    def _start_probing(self, container: dict[str, Any], run: ContainerRun) -> None:
+        """Not ready until the readiness probe passes (see probes), if there is one."""
+        url = probes.readiness_url(container, self.ip)
+        if url is None:
+            return
+        self.probed_ready = False
+        running = {"running": {"startedAt": run.started_at}}
+
+        def changed(ready: bool) -> None:
+            self.probed_ready = ready
+            self.report("Running", main_state=running)
+
+        def alive() -> bool:
+            return run.proc is not None and run.proc.poll() is None and not self.deleted.is_set()
+
+        args = (url, alive, changed)
+        threading.Thread(
+            target=probes.watch, args=args, name=f"probe-{self.name}", daemon=True
+        ).start()
 
     def terminate(self, grace: float) -> None:
         """Graceful stop: SIGTERM the running container, SIGKILL after `grace` seconds."""
@@ -322,10 +347,12 @@ class PodRun:
             "finishedAt": run.finished_at or now_rfc3339(),
         }
 
-    def _container_status(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
+    def _container_status(
+        self, name: str, state: dict[str, Any], ready: bool | None = None
+    ) -> dict[str, Any]:
         return {
             "name": name,
-            "ready": "running" in state,
+            "ready": "running" in state if ready is None else ready,
             "restartCount": 0,
             "image": self.main.get("image", "finetune-runtime"),
             "imageID": "",
@@ -355,7 +382,8 @@ class PodRun:
             else:
                 main_state = {"waiting": {"reason": "PodInitializing"}}
         stamp = now_rfc3339()
-        ready = "True" if phase == "Running" else "False"
+        is_ready = phase == "Running" and self.probed_ready is not False
+        ready = "True" if is_ready else "False"
         init_done = "True" if phase != "Pending" or self.current is not None else "False"
         conditions = [
             {"type": "Initialized", "status": init_done, "lastTransitionTime": stamp},
@@ -370,7 +398,7 @@ class PodRun:
             "hostIPs": [{"ip": "127.0.0.1"}],
             "startTime": self.pod.setdefault("status", {}).get("startTime") or stamp,
             "conditions": conditions,
-            "containerStatuses": [self._container_status(self.main["name"], main_state)],
+            "containerStatuses": [self._container_status(self.main["name"], main_state, is_ready)],
         }
         init = self._init_statuses()
         if init:

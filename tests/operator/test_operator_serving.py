@@ -94,6 +94,9 @@ def test_pod_is_hardened_like_the_workers_and_keeps_secrets_referenced() -> None
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # Like the workers' (manifests._pod_security): no UID named, the settings' fsGroup.
+    assert "runAsUser" not in pod["securityContext"]
+    assert pod["securityContext"].get("fsGroup") == SETTINGS.fs_group
     for container in pod["containers"] + pod["initContainers"]:
         security = container["securityContext"]
         assert security["allowPrivilegeEscalation"] is False
