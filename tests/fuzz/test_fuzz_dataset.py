@@ -26,8 +26,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from finetune_runtime.config import DatasetSettings
-from finetune_runtime.data.formats import FormatContext, Renderer, check_settings
 from finetune_runtime.data.encode import _segments
+from finetune_runtime.data.formats import FormatContext, Renderer, check_settings
 from finetune_runtime.data.readers import Row, read_rows
 from finetune_runtime.data.templates import BUNDLED
 from finetune_runtime.errors import DatasetError
