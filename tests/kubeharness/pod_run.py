@@ -238,7 +238,7 @@ class PodRun:
                 claim = volume["persistentVolumeClaim"]["claimName"]
                 host[name] = self.agent.claim_dir(self.namespace, claim)
             elif "emptyDir" in volume:
-                host[name] = self.root / "volumes" / name
+                host[name] = self._stable(name, self.root / "volumes" / name)
             elif "configMap" in volume:
                 host[name] = self.root / "volumes" / name
                 config_maps[name] = volume["configMap"]
@@ -262,6 +262,23 @@ class PodRun:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(rewrite_file_text(item["path"], data[item["key"]], view))
         return mounts
+
+    def _stable(self, volume: str, directory: Path) -> Path:
+        """A path for this pod's volume that stays the same across attempts of one rank.
+
+        In a cluster every attempt sees its emptyDir at the same mount path, so paths the
+        runtime records (a checkpoint's config.yaml names the dataset's path) match on resume.
+        Here each pod's directory differs, so it is reached through a link named by the pod's
+        hostname, pointed at the newest pod (gangs never overlap: the old one is gone first)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        hostname = self.pod["spec"].get("hostname") or self.name
+        link = self.agent.root / "mounts" / self.namespace / hostname / volume
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".{volume}.{self.uid[:8]}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(directory, target_is_directory=True)
+        tmp.replace(link)
+        return link
 
     def _config_map(self, name: str) -> dict[str, str]:
         found = self.agent.api.get(f"api/v1/namespaces/{self.namespace}/configmaps/{name}")

@@ -48,6 +48,28 @@ def check_not_foreign(weights_dir: Path) -> None:
         )
 
 
+def _same_file(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Both dataset paths are readable local files with identical bytes: where the data
+    lives changed (each pod fetches into its own volume), what it is did not."""
+    a, b = Path(str(old.get("path"))), Path(str(new.get("path")))
+    try:
+        if not (a.is_file() and b.is_file()) or a.stat().st_size != b.stat().st_size:
+            return False
+        return _digest(a) == _digest(b)
+    except OSError:
+        return False
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
 def check_resume_config(checkpoint: Path, config: FineTuneConfig, allow_changes: bool) -> None:
     """Refuse to resume `checkpoint` with a config that changes the result."""
     saved_path = checkpoint / "config.yaml"
@@ -59,7 +81,12 @@ def check_resume_config(checkpoint: Path, config: FineTuneConfig, allow_changes:
     except FinetuneError as exc:
         log.warning("cannot compare with %s: %s", saved_path, exc)
         return
-    changes = config_changes(saved.model_dump(mode="json"), config.model_dump(mode="json"))
+    before, now = saved.model_dump(mode="json"), config.model_dump(mode="json")
+    pairs = zip(before.get("datasets") or [], now.get("datasets") or [], strict=False)
+    for old_ds, new_ds in pairs:  # a dataset added or removed is a change either way
+        if old_ds.get("path") != new_ds.get("path") and _same_file(old_ds, new_ds):
+            old_ds["path"] = new_ds["path"]  # the same data at another path (e.g. per pod)
+    changes = config_changes(before, now)
     if not changes:
         return
     listed = "; ".join(changes)
