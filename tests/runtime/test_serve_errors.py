@@ -212,3 +212,21 @@ def test_over_capacity_answers_429_with_retry_after(trained_run: Trained) -> Non
                 thread.join(timeout=60)
         live.stop()
     assert answers["a"].status_code == 200 and answers["b"].status_code == 200
+
+
+def test_serving_refuses_weights_that_differ_from_their_manifest(trained_run, tmp_path):
+    """A flipped byte in the merged model (which carries a SHA-256 manifest) is refused at
+    load with the integrity error, before anything is served."""
+    import shutil
+
+    from finetune_runtime.errors import IntegrityError
+    from finetune_runtime.serving.loading import load, resolve_source
+
+    copy = tmp_path / "merged"
+    shutil.copytree(trained_run.merged, copy)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="model.safetensors"):
+        load(resolve_source(str(copy)))

@@ -151,6 +151,11 @@ def load(source: ServeSource, dtype: str = "fp32") -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from finetune_runtime.integrity import verify_weights
+
+    for directory in [source.base, *source.adapters.values()]:
+        if Path(str(directory)).is_dir():  # weights we wrote carry a manifest: check it
+            verify_weights(directory, required=False)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     try:
         tokenizer = AutoTokenizer.from_pretrained(
