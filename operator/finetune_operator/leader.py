@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from finetune_operator.status import parse_time
+
 log = logging.getLogger("finetune_operator.leader")
 
 Action = Literal["create", "take", "renew", "wait"]
@@ -38,16 +40,6 @@ class LeaseTiming:
         return cls(duration, duration * 2 / 3, duration * 2 / 15)
 
 
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def micro_time(when: datetime) -> str:
     """A MicroTime as the API expects it (RFC 3339 with microseconds)."""
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -61,7 +53,7 @@ def decide(lease: dict[str, Any] | None, identity: str, now: datetime) -> Action
     holder = spec.get("holderIdentity")
     if holder == identity:
         return "renew"
-    renewed = _time(spec.get("renewTime")) or _time(spec.get("acquireTime"))
+    renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
     duration = spec.get("leaseDurationSeconds")
     if not holder or renewed is None or not isinstance(duration, int | float):
         return "take"  # released, or never properly held
@@ -78,7 +70,7 @@ def lease_spec(
         "leaseDurationSeconds": max(1, round(timing.duration)),
         "renewTime": micro_time(now),
         # The client hands back times in its own format: write them as MicroTime again.
-        "acquireTime": micro_time(_time(old.get("acquireTime")) or now)
+        "acquireTime": micro_time(parse_time(old.get("acquireTime")) or now)
         if action == "renew"
         else micro_time(now),
         "leaseTransitions": int(old.get("leaseTransitions") or 0) + (action == "take"),
