@@ -16,6 +16,7 @@ from typing import Any
 
 from finetune_runtime.config import FineTuneConfig, load_config
 from finetune_runtime.errors import CheckpointError, ConfigError, DivergedError, FinetuneError
+from finetune_runtime.integrity import sha256_file
 from finetune_runtime.outdir import foreign_weights_dir, probe_write, unsafe_reason
 from finetune_runtime.output_lock import OutputDirLock, wait_seconds
 from finetune_runtime.train.resume_check import config_changes
@@ -55,19 +56,9 @@ def _same_file(old: dict[str, Any], new: dict[str, Any]) -> bool:
     try:
         if not (a.is_file() and b.is_file()) or a.stat().st_size != b.stat().st_size:
             return False
-        return _digest(a) == _digest(b)
+        return sha256_file(a) == sha256_file(b)
     except OSError:
         return False
-
-
-def _digest(path: Path) -> str:
-    import hashlib
-
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def check_resume_config(checkpoint: Path, config: FineTuneConfig, allow_changes: bool) -> None:
