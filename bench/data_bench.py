@@ -61,7 +61,7 @@ def _config(args: dict[str, Any], **update: Any) -> Any:
 def _tokenizer() -> Any:
     from transformers import AutoTokenizer
 
-    from finetune_runtime.tiny import resolve_builtin
+    from finetune_runtime.model.tiny import resolve_builtin
 
     return AutoTokenizer.from_pretrained(resolve_builtin(TOKENIZER_MODEL))
 

@@ -120,8 +120,8 @@ def check_plan(steps: list[tuple[int, Run]], gpus: int) -> dict[str, Any]:
     """What a dry run can verify without a GPU: every config parses, the DeepSpeed
     configs build for this world size, the model spec is ~1B parameters."""
     from bench.mid import _config
-    from finetune_runtime.deepspeed_config import build, zero_stage
-    from finetune_runtime.tiny import BUILTINS
+    from finetune_runtime.model.tiny import BUILTINS
+    from finetune_runtime.train.backends.deepspeed_config import build, zero_stage
 
     checked: dict[str, Any] = {}
     for _, run in steps:
@@ -163,7 +163,7 @@ def run_all(steps: list[tuple[int, Run]], timeout: float) -> list[dict[str, Any]
 
 
 def summarize(results: list[dict[str, Any]], peak: float | None, gpus: int) -> dict[str, Any]:
-    from finetune_runtime.tiny import resolve_builtin
+    from finetune_runtime.model.tiny import resolve_builtin
 
     config = json.loads((resolve_builtin(MODEL) / "config.json").read_text())
     per_token = lora_flop_model(config).per_token(1024.0)

@@ -88,7 +88,7 @@ def _config(
 
 
 def run_ours(args: dict[str, Any], ablation: str = "") -> dict[str, Any]:
-    from finetune_runtime.train.backend import closing, create_backend
+    from finetune_runtime.train.backends.base import closing, create_backend
     from finetune_runtime.train.loop import Trainer, TrainOptions
 
     marks: list[tuple[float, float, int]] = []
@@ -145,8 +145,8 @@ def run_hf(args: dict[str, Any], flattened: bool) -> dict[str, Any]:
         TrainingArguments,
     )
 
-    from finetune_runtime import model as models
     from finetune_runtime.data import build_datasets
+    from finetune_runtime.model import load as models
 
     marks: list[tuple[float, float, int]] = []
     seen = {"tokens": 0}
@@ -262,8 +262,8 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
 
 def examples_per_row(data: str, model: str, sequence_len: int) -> tuple[float, int]:
     """(examples per packed row, examples) of the bench data: sizes the HF micro-batch."""
-    from finetune_runtime import model as models
     from finetune_runtime.data import build_datasets
+    from finetune_runtime.model import load as models
 
     with tempfile.TemporaryDirectory(prefix="bench-mid-probe-") as out:
         args = {"data": data, "model": model, "batch_size": 1, "accumulation": 1}

@@ -82,7 +82,7 @@ def run(
     base_model: str,
 ) -> dict[str, Any]:
     from finetune_runtime.config import parse_config
-    from finetune_runtime.model import load_tokenizer, resolve_model_source
+    from finetune_runtime.model.load import load_tokenizer, resolve_model_source
 
     config = parse_config(
         train_config(

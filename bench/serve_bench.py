@@ -124,9 +124,9 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
     sys.path.insert(0, "tests/runtime")
     from serve_helpers import LiveServer
 
+    from finetune_runtime.model.tiny import resolve_builtin
     from finetune_runtime.serving.app import ServeOptions
     from finetune_runtime.serving.loading import ServeSource, load
-    from finetune_runtime.tiny import resolve_builtin
 
     torch.set_num_threads(args["threads"])
     source = ServeSource(base=str(resolve_builtin(args["model"])), base_name="bench")

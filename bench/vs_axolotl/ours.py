@@ -22,7 +22,7 @@ def tokenize_case(config_path: Path) -> OurData:
     """Tokenize the config's datasets exactly as `finetune train` would."""
     from finetune_runtime.config import parse_config_with_warnings
     from finetune_runtime.data.pipeline import build_datasets
-    from finetune_runtime.model import load_tokenizer, resolve_model_source
+    from finetune_runtime.model.load import load_tokenizer, resolve_model_source
 
     base = config_path.parent
     config, warnings = parse_config_with_warnings(config_path.read_text(), str(config_path))

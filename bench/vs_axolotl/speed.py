@@ -76,7 +76,7 @@ def one_run(tool: str, mode: str, model_dir: Path, data: Path, work: Path, sizes
 def run(sizes: SpeedSizes, workdir: Path, load: LoadLog) -> dict[str, Any]:
     """All rounds; raw runs plus the paired ratios per mode and pooled."""
     from bench.data import synthetic_rows, write_jsonl
-    from finetune_runtime.tiny import resolve_builtin
+    from finetune_runtime.model.tiny import resolve_builtin
 
     # The builtin's cached directory is an ordinary save_pretrained model directory.
     model_dir = resolve_builtin("builtin:" + sizes.model)

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune_operator import constants as c
-from finetune_runtime.progress import ProgressDocument, format_eta
+from finetune_runtime.progress.document import ProgressDocument, format_eta
 
 PENDING = "Pending"
 CREATED = "Created"
@@ -213,7 +213,7 @@ def pod_env(pod: dict[str, Any], name: str) -> str | None:
 
 def progress_url(pods: list[dict[str, Any]], attempt: int) -> str | None:
     """Rank 0's progress endpoint for `attempt`, if that pod is running and has an IP."""
-    from finetune_runtime.progress import PROGRESS_PATH
+    from finetune_runtime.progress.document import PROGRESS_PATH
 
     for pod in pods:
         if pod_attempt(pod) != attempt or pod_rank(pod) != 0 or terminating(pod):

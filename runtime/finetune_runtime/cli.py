@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from finetune_runtime.s3 import RedactingFilter
+    from finetune_runtime.storage.s3 import RedactingFilter
 
     for handler in logging.getLogger().handlers:  # credentials never reach a log line
         handler.addFilter(RedactingFilter())

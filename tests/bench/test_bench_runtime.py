@@ -35,7 +35,7 @@ def data_tokens(tiny_data: Path) -> int:
     """Non-pad tokens in one pass over the data, from our pipeline."""
     from bench.throughput import _config
     from finetune_runtime.data import build_datasets
-    from finetune_runtime.model import load_tokenizer, resolve_model_source
+    from finetune_runtime.model.load import load_tokenizer, resolve_model_source
 
     config = _config(_args(tiny_data), False, "/tmp/unused")
     tokenizer = load_tokenizer(config, resolve_model_source(MODEL))
@@ -88,7 +88,7 @@ def test_packing_measure_on_the_packaged_sample():
     from bench.data import train_config
     from finetune_runtime.config import parse_config
     from finetune_runtime.data import packaged_data_path
-    from finetune_runtime.model import load_tokenizer, resolve_model_source
+    from finetune_runtime.model.load import load_tokenizer, resolve_model_source
 
     data = packaged_data_path()
     config = parse_config(

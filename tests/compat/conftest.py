@@ -47,7 +47,7 @@ def compat_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def model_dir(compat_cache: Path) -> Path:
     """The builtin tiny Llama + tokenizer saved as an ordinary model directory."""
-    from finetune_runtime.tiny import BUILTINS, build_tiny_llama
+    from finetune_runtime.model.tiny import BUILTINS, build_tiny_llama
 
     return build_tiny_llama(compat_cache / "tiny-llama", BUILTINS["tiny-llama"], seed=0)
 

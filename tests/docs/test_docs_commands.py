@@ -35,7 +35,7 @@ from doc_commands import REPO, DocCommand, all_commands, commands_in, doc_files
 from helm_binary import find_tools
 
 from finetune_runtime.cli import build_parser, main
-from finetune_runtime.presets import render_preset
+from finetune_runtime.config.presets import render_preset
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,10 @@ from fuzz_strategies import (
 from hypothesis import event, example, given, note
 from hypothesis import strategies as st
 
-from finetune_runtime.axolotl import FLAT_MARKERS, SCALAR_MAP, SHARED_TOP_LEVEL
 from finetune_runtime.config import FineTuneConfig, parse_config
+from finetune_runtime.config.axolotl import FLAT_MARKERS, SCALAR_MAP, SHARED_TOP_LEVEL
+from finetune_runtime.config.yamlsafe import MAX_DEPTH
 from finetune_runtime.errors import ConfigError
-from finetune_runtime.yamlsafe import MAX_DEPTH
 
 SOURCE = "fuzz.yaml"
 

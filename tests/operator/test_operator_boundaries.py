@@ -19,10 +19,10 @@ RUNTIME_ALLOWED = {
     "finetune_runtime",
     "finetune_runtime.config",
     "finetune_runtime.errors",
-    "finetune_runtime.progress",
+    "finetune_runtime.progress.document",
     # private helpers that finetune_runtime.config itself imports
-    "finetune_runtime.axolotl",
-    "finetune_runtime.yamlsafe",
+    "finetune_runtime.config.axolotl",
+    "finetune_runtime.config.yamlsafe",
 }
 
 

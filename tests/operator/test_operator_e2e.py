@@ -246,9 +246,9 @@ def test_progress_from_rank_zero_reaches_the_status(
     """Rank 0 is played by the runtime's own ProgressReporter and ProgressServer (the
     real /progress endpoint, bound to the pod IP the kubelet assigned), fed by hand
     instead of by a training loop."""
-    from finetune_runtime.progress import format_eta
-    from finetune_runtime.reporting import ProgressReporter
-    from finetune_runtime.serve import ProgressServer
+    from finetune_runtime.progress.document import format_eta
+    from finetune_runtime.progress.reporting import ProgressReporter
+    from finetune_runtime.progress.server import ProgressServer
 
     cluster.create_job(ns, "watched", spec(nodes=2))
     _, ips = start_gang(cluster, node, ns, "watched", 1, 2)

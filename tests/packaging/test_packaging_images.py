@@ -201,6 +201,6 @@ def test_operator_copy_set_builds_a_wheel_with_both_entry_points(tmp_path: Path)
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         scripts = zf.read(entry_points).decode()
     assert "finetune_operator/__init__.py" in names
-    assert "finetune_runtime/config.py" in names
+    assert "finetune_runtime/config/__init__.py" in names
     assert "finetune-operator = finetune_operator.main:main" in scripts
     assert "finetune = finetune_runtime.cli:main" in scripts

@@ -96,7 +96,7 @@ def finetune_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(finetune_cache: Path) -> Path:
     """The builtin tiny Llama (random weights + BPE tokenizer), built once per session."""
-    from finetune_runtime.tiny import resolve_builtin
+    from finetune_runtime.model.tiny import resolve_builtin
 
     return resolve_builtin("builtin:tiny-llama")
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 from train_helpers import run, tiny_config
 
-from finetune_runtime.merge import merge
+from finetune_runtime.model.merge import merge
 
 
 @dataclass(frozen=True)

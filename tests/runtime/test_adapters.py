@@ -96,7 +96,7 @@ def test_4bit_block_size_is_applied(tmp_path: Path, block_size: int) -> None:
     """block_size reaches every Params4bit; generation (bnb's CPU inference path) still works."""
     import bitsandbytes as bnb
 
-    from finetune_runtime.model import load_base_model, resolve_model_source
+    from finetune_runtime.model.load import load_base_model, resolve_model_source
 
     config = tiny_config(
         tmp_path,

@@ -73,7 +73,7 @@ def test_added_tokens_are_read_and_need_trained_embeddings_under_lora() -> None:
 
 
 def test_added_tokens_tokenize_whole(tiny_model_dir) -> None:
-    from finetune_runtime.model import load_tokenizer
+    from finetune_runtime.model.load import load_tokenizer
 
     config = parse_config(BASE + "tokens: ['<call>']\n")
     tokenizer = load_tokenizer(config, str(tiny_model_dir))

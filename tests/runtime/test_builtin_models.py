@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from finetune_runtime.errors import ModelError
-from finetune_runtime.tiny import resolve_builtin
+from finetune_runtime.model.tiny import resolve_builtin
 
 
 def test_mid_llama_has_the_agreed_shape_and_runs(finetune_cache: Path) -> None:

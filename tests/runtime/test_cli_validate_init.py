@@ -14,7 +14,7 @@ import pytest
 
 from finetune_runtime.cli import main
 from finetune_runtime.config import load_config, parse_config
-from finetune_runtime.presets import preset_names, preset_text, render_preset
+from finetune_runtime.config.presets import preset_names, preset_text, render_preset
 
 DATA = Path(__file__).parent / "data"
 

@@ -15,8 +15,8 @@ from finetune_runtime.config import (
     Splits,
     TrainingSettings,
 )
+from finetune_runtime.config.presets import preset_names
 from finetune_runtime.data.templates import BUNDLED
-from finetune_runtime.presets import preset_names
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 from finetune_runtime.config import DEEPSPEED_PRESETS, FineTuneConfig, parse_config
-from finetune_runtime.deepspeed_config import (
+from finetune_runtime.errors import ConfigError
+from finetune_runtime.train.backends.deepspeed_config import (
     build,
     offloads_optimizer,
     precision_of,
     zero_stage,
 )
-from finetune_runtime.errors import ConfigError
 
 
 def make_config(deepspeed: Any, **training: Any) -> FineTuneConfig:
@@ -305,7 +305,9 @@ def test_auto_optimizer_and_scheduler_sections_are_dropped_with_a_warning(
             "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": "auto"}},
         }
     )
-    with caplog.at_level(logging.WARNING, logger="finetune_runtime.deepspeed_config"):
+    with caplog.at_level(
+        logging.WARNING, logger="finetune_runtime.train.backends.deepspeed_config"
+    ):
         ds = build(cfg, world_size=1)
     assert "optimizer" not in ds and "scheduler" not in ds
     assert any("ignoring DeepSpeed's 'optimizer'" in r.getMessage() for r in caplog.records)

@@ -151,7 +151,7 @@ def assert_merged_equals_base_plus_adapter(merged_dir: Path, adapter_dir: Path) 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from finetune_runtime.tiny import resolve_builtin
+    from finetune_runtime.model.tiny import resolve_builtin
 
     ids = torch.arange(5, 45).reshape(2, 20)
     base = AutoModelForCausalLM.from_pretrained(resolve_builtin("builtin:tiny-llama")).eval()
@@ -195,7 +195,7 @@ def test_full_fine_tune_with_zero3_parameter_offload_writes_a_loadable_model(
     assert_loss_falls(history(config))
     model_dir = output_dir(config) / "model"
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    from finetune_runtime.tiny import resolve_builtin
+    from finetune_runtime.model.tiny import resolve_builtin
 
     base = AutoModelForCausalLM.from_pretrained(resolve_builtin("builtin:tiny-llama"))
     trained = dict(model.named_parameters())

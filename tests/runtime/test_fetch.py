@@ -22,7 +22,7 @@ from s3_server import TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY, FaultProxy, Mo
 
 from finetune_runtime import cli
 from finetune_runtime.errors import FetchError
-from finetune_runtime.fetch import (
+from finetune_runtime.storage.fetch import (
     MiB,
     TransferSettings,
     add_fetch_arguments,
@@ -32,7 +32,7 @@ from finetune_runtime.fetch import (
     run_fetch,
     upload,
 )
-from finetune_runtime.s3 import S3Options, parse_s3_uri, redact
+from finetune_runtime.storage.s3 import S3Options, parse_s3_uri, redact
 
 KiB = 1024
 # Small parts so a few hundred KiB already take the multipart (ranged GET) path.

@@ -18,14 +18,14 @@ from train_helpers import PACKAGED, TEST_DATA, run, tiny_config
 from finetune_runtime.cli import main as cli_main
 from finetune_runtime.config import parse_config
 from finetune_runtime.data import build_datasets
-from finetune_runtime.generate import (
+from finetune_runtime.model.generate import (
     find_weights,
     generate,
     load_for_generation,
     prompt_ids,
     sample_from_example,
 )
-from finetune_runtime.model import load_tokenizer, resolve_model_source
+from finetune_runtime.model.load import load_tokenizer, resolve_model_source
 
 FIRST_ROW = json.loads(PACKAGED.read_text().splitlines()[0])
 

@@ -22,9 +22,9 @@ from finetune_runtime import errors
 from finetune_runtime.cli import EXIT_FILE_ENV, main
 from finetune_runtime.config import FineTuneConfig, parse_config, parse_config_with_warnings
 from finetune_runtime.errors import ConfigError, IntegrityError, LockedError
-from finetune_runtime.integrity import MANIFEST, verify_weights, write_manifest
-from finetune_runtime.outdir import probe_write, unsafe_reason
-from finetune_runtime.output_lock import LOCK_FILE, OutputDirLock, is_stale
+from finetune_runtime.storage.integrity import MANIFEST, verify_weights, write_manifest
+from finetune_runtime.storage.outdir import probe_write, unsafe_reason
+from finetune_runtime.storage.output_lock import LOCK_FILE, OutputDirLock, is_stale
 from finetune_runtime.train.resume_check import config_changes
 
 DATA = Path(__file__).parent / "data" / "alpaca.jsonl"
@@ -42,7 +42,7 @@ def write(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from finetune_runtime.output_lock import OutputDirLock
+from finetune_runtime.storage.output_lock import OutputDirLock
 OutputDirLock(Path(sys.argv[1])).acquire()
 print("locked", flush=True)
 time.sleep(120)
@@ -103,7 +103,7 @@ def test_a_new_attempt_waits_for_the_previous_one_to_end(tmp_path: Path) -> None
 
 
 def test_lock_wait_defaults() -> None:
-    from finetune_runtime.output_lock import wait_seconds
+    from finetune_runtime.storage.output_lock import wait_seconds
 
     assert wait_seconds({}) == 0  # a local `finetune train`: a busy output_dir fails at once
     assert wait_seconds({"KUBERNETES_SERVICE_HOST": "10.96.0.1"}) == 120
@@ -178,7 +178,7 @@ def test_manifest_detects_flipped_truncated_and_missing_files(tmp_path: Path) ->
 
 
 def test_merge_refuses_an_adapter_of_another_architecture(tmp_path: Path) -> None:
-    from finetune_runtime.merge import check_architecture
+    from finetune_runtime.model.merge import check_architecture
 
     identity = {"base_architecture": {"hidden_size": 64, "num_hidden_layers": 2}}
     check_architecture(identity, {"hidden_size": 64, "num_hidden_layers": 2}, tmp_path, "b")
@@ -240,7 +240,7 @@ def test_knowingly_ignored_keys_are_named_in_a_warning() -> None:
 
 def test_every_schema_field_is_a_known_flat_key() -> None:
     """Known keys come from the pydantic models: a new field needs no allow-list edit."""
-    from finetune_runtime.axolotl import known_flat_keys
+    from finetune_runtime.config.axolotl import known_flat_keys
 
     assert set(FineTuneConfig.model_fields) <= known_flat_keys()
     config = parse_config(FLAT + "seed: 3\ntrust_remote_code: false\n")
@@ -335,8 +335,8 @@ def test_progress_server_defaults_to_loopback_outside_a_pod() -> None:
 
 
 def test_idle_progress_connections_are_closed() -> None:
-    from finetune_runtime.reporting import ProgressReporter
-    from finetune_runtime.serve import ProgressServer
+    from finetune_runtime.progress.reporting import ProgressReporter
+    from finetune_runtime.progress.server import ProgressServer
 
     with ProgressServer(ProgressReporter(10), port=0, idle_timeout=0.3) as server:
         assert server.host == "127.0.0.1"
@@ -346,7 +346,7 @@ def test_idle_progress_connections_are_closed() -> None:
 
 
 def test_the_mistral_preset_is_qlora_as_described() -> None:
-    from finetune_runtime.presets import render_preset
+    from finetune_runtime.config.presets import render_preset
 
     text = render_preset("mistral-7b")
     config = parse_config(text)

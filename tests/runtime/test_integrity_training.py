@@ -21,8 +21,8 @@ from train_helpers import read_summary, run, tiny_config
 from finetune_runtime import errors
 from finetune_runtime.cli import main
 from finetune_runtime.errors import CheckpointError, ConfigError, IntegrityError
-from finetune_runtime.integrity import MANIFEST, identity_of, verify_weights
-from finetune_runtime.merge import merge
+from finetune_runtime.model.merge import merge
+from finetune_runtime.storage.integrity import MANIFEST, identity_of, verify_weights
 from finetune_runtime.train.checkpoint import list_checkpoints
 
 SRC = str(Path(__file__).resolve().parents[2] / "runtime")

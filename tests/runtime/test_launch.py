@@ -15,7 +15,7 @@ import pytest
 from finetune_runtime.cli import main
 from finetune_runtime.commands.launch import check_config, supervise
 from finetune_runtime.errors import LaunchError
-from finetune_runtime.launch import launch_command, resolve_plan, torchrun_args
+from finetune_runtime.launch.torchrun import launch_command, resolve_plan, torchrun_args
 
 VALID_CONFIG = "base_model: builtin:tiny-llama\ndatasets: [{path: data.jsonl}]\n"
 

@@ -12,7 +12,7 @@ import pytest
 
 from finetune_runtime.cli import main
 from finetune_runtime.errors import LaunchError
-from finetune_runtime.rendezvous import Probe, probe, resolves, wait_for_master
+from finetune_runtime.launch.rendezvous import Probe, probe, resolves, wait_for_master
 
 VALID_CONFIG = "base_model: builtin:tiny-llama\ndatasets: [{path: data.jsonl}]\n"
 
@@ -99,7 +99,7 @@ def test_gate_waits_until_a_late_listener_accepts(caplog: pytest.LogCaptureFixtu
         time.sleep(seconds)
 
     try:
-        with caplog.at_level(logging.INFO, logger="finetune_runtime.rendezvous"):
+        with caplog.at_level(logging.INFO, logger="finetune_runtime.launch.rendezvous"):
             attempts = wait_for_master(
                 "127.0.0.1",
                 listener.port,

@@ -14,7 +14,7 @@ from train_helpers import run, tiny_config
 
 from finetune_runtime.cli import main as cli_main
 from finetune_runtime.errors import ConfigError, ModelError
-from finetune_runtime.merge import merge
+from finetune_runtime.model.merge import merge
 
 PROBE = torch.tensor([[1, 17, 99, 230, 45, 7, 300, 12]])
 
@@ -28,7 +28,7 @@ def logits_of(model) -> torch.Tensor:
 def base_model(config):
     from transformers import AutoModelForCausalLM
 
-    from finetune_runtime.model import resolve_model_source
+    from finetune_runtime.model.load import resolve_model_source
 
     return AutoModelForCausalLM.from_pretrained(
         resolve_model_source(config.base_model), dtype=torch.float32

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from train_helpers import tiny_config
 
-from finetune_runtime import outputs
 from finetune_runtime.cli import main
 from finetune_runtime.errors import ConfigError
+from finetune_runtime.storage import publish as outputs
 
 URI = "s3://bucket/runs/job-1"
 

@@ -19,8 +19,8 @@ from train_helpers import losses, run, tiny_config
 from finetune_runtime.cli import main as cli_main
 from finetune_runtime.config import PROMPT_LEARNING_ADAPTERS, parse_config
 from finetune_runtime.errors import ConfigError, ModelError
-from finetune_runtime.generate import find_weights, generate, load_for_generation
-from finetune_runtime.merge import merge
+from finetune_runtime.model.generate import find_weights, generate, load_for_generation
+from finetune_runtime.model.merge import merge
 from finetune_runtime.train.checkpoint import list_checkpoints
 
 PEFT_TYPES = {
@@ -59,7 +59,7 @@ def test_trains_checkpoints_resumes_exactly_and_generates(
 
     interrupted = tiny_config(tmp_path / "b", adapter=adapter, **SETTINGS)
     with monkeypatch.context() as patch:
-        patch.setattr("finetune_runtime.reporting.ProgressReporter.on_step", stop_at(3))
+        patch.setattr("finetune_runtime.progress.reporting.ProgressReporter.on_step", stop_at(3))
         first = run(interrupted)
     assert first.stopped and first.step == 3
     assert [c.step for c in list_checkpoints(Path(interrupted.output_dir))] == [2, 3]

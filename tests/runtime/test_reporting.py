@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from finetune_runtime.progress import ProgressDocument
-from finetune_runtime.reporting import ProgressReporter
-from finetune_runtime.serve import PORT_ENV, ProgressServer
+from finetune_runtime.progress.document import ProgressDocument
+from finetune_runtime.progress.reporting import ProgressReporter
+from finetune_runtime.progress.server import PORT_ENV, ProgressServer
 
 
 class FakeClock:

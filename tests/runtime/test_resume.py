@@ -47,7 +47,7 @@ def adapter_weights(output_dir: str | Path) -> dict:
 
 def stop_at(step: int):
     """Deliver a real SIGTERM to this process once `step` is reported (handled by the loop)."""
-    from finetune_runtime.reporting import ProgressReporter
+    from finetune_runtime.progress.reporting import ProgressReporter
 
     original = ProgressReporter.on_step
 
@@ -66,7 +66,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path, monk
 
     interrupted = tiny_config(tmp_path / "b", **RESUME_SETTINGS)
     with monkeypatch.context() as patch:
-        patch.setattr("finetune_runtime.reporting.ProgressReporter.on_step", stop_at(3))
+        patch.setattr("finetune_runtime.progress.reporting.ProgressReporter.on_step", stop_at(3))
         first = run(interrupted)
     assert first.stopped and first.step == 3 and first.weights_dir is None
     out = Path(interrupted.output_dir)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 rank, port, cache = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 os.environ["FINETUNE_CACHE"] = cache
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-from finetune_runtime.tiny import resolve_builtin
+from finetune_runtime.model.tiny import resolve_builtin
 from transformers import AutoModelForCausalLM
 path = resolve_builtin("builtin:tiny-llama")
 model = AutoModelForCausalLM.from_pretrained(path)

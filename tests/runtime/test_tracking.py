@@ -20,7 +20,7 @@ from wandb_records import read_run
 from finetune_runtime.cli import main as cli_main
 from finetune_runtime.config import parse_config
 from finetune_runtime.errors import ConfigError
-from finetune_runtime.train.tracking import eval_metrics, flat_params
+from finetune_runtime.progress.tracking import eval_metrics, flat_params
 
 TRAIN_KEYS = {
     "train/loss",
@@ -70,7 +70,7 @@ def test_all_trackers_log_metrics_and_config_and_resume_into_the_same_runs(
 
     config = tracked_config(tmp_path)
     with monkeypatch.context() as patch:
-        patch.setattr("finetune_runtime.reporting.ProgressReporter.on_step", stop_at(2))
+        patch.setattr("finetune_runtime.progress.reporting.ProgressReporter.on_step", stop_at(2))
         first = run(config)
     assert first.stopped and first.step == 2
     second = run(config)

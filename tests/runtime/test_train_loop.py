@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from train_helpers import TEST_DATA, losses, read_summary, run, tiny_config
 
 from finetune_runtime.errors import ModelError
-from finetune_runtime.reporting import ProgressReporter
-from finetune_runtime.train.backend import BackendOptions, LocalBackend
+from finetune_runtime.progress.reporting import ProgressReporter
+from finetune_runtime.train.backends.base import BackendOptions, LocalBackend
 from finetune_runtime.train.checkpoint import COMPLETE, list_checkpoints
 from finetune_runtime.train.loop import Trainer, TrainOptions
 
@@ -157,7 +157,7 @@ def test_mixed_precision_on_cpu(tmp_path: Path, precision: str) -> None:
     fp16 adds a GradScaler (torch's CPU one here, CUDA's on a GPU)."""
     import torch
 
-    from finetune_runtime.train.backend import create_backend
+    from finetune_runtime.train.backends.base import create_backend
 
     config = tiny_config(tmp_path, training={"precision": precision})
     backend = create_backend(config)
@@ -174,7 +174,7 @@ def test_mixed_precision_on_cpu(tmp_path: Path, precision: str) -> None:
 
 
 def test_log_lines_and_progress_bar(capsys) -> None:
-    from finetune_runtime.train.console import StepDisplay, format_metrics
+    from finetune_runtime.progress.console import StepDisplay, format_metrics
 
     line = format_metrics(
         {"step": "3/10", "epoch": 0.25, "loss": 2.5, "lr": 0.0002, "grad_norm": None, "x": 7}
@@ -202,7 +202,7 @@ def test_base_model_from_s3(
     config = tiny_config(tmp_path, base_model=f"s3://{s3_bucket}/models/tiny/")
     trace = losses(run(config, max_steps=2))
     assert len(trace) == 2
-    from finetune_runtime.model import resolve_model_source
+    from finetune_runtime.model.load import resolve_model_source
 
     local = Path(resolve_model_source(config.base_model))
     assert (local / "config.json").is_file() and local != tiny_model_dir

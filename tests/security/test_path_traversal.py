@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from finetune_runtime.config import parse_config
 from finetune_runtime.errors import ConfigError, FetchError
-from finetune_runtime.fetch_cache import Layout
-from finetune_runtime.s3 import RemoteObject, S3Location
+from finetune_runtime.storage.fetch_cache import Layout
+from finetune_runtime.storage.s3 import RemoteObject, S3Location
 
 SEGMENTS = st.sampled_from(
     ["..", ".", "", "a", "b c", "..a", "a..", "...", "\\..", "..\\..", "~", "%2e%2e", "\x00", "é"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from finetune_runtime.fetch import add_fetch_arguments, run_fetch
+from finetune_runtime.storage.fetch import add_fetch_arguments, run_fetch
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from finetune_runtime.errors import ConfigError
-    from finetune_runtime.generate import describe, find_weights, load_for_generation
+    from finetune_runtime.model.generate import describe, find_weights, load_for_generation
 
     if args.max_new_tokens < 1:
         raise ConfigError("--max-new-tokens must be at least 1")
@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _answer(model: Any, tokenizer: Any, config: Any, text: str, args: argparse.Namespace) -> str:
-    from finetune_runtime.generate import generate, prompt_ids
+    from finetune_runtime.model.generate import generate, prompt_ids
 
     prompt: str | list[int] = (
         text if config is None else prompt_ids(config, tokenizer, text, args.input)

@@ -9,8 +9,8 @@ from pathlib import Path
 from rich.console import Console
 
 from finetune_runtime.config import parse_config
+from finetune_runtime.config.presets import preset_names, render_preset
 from finetune_runtime.errors import FinetuneError
-from finetune_runtime.presets import preset_names, render_preset
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

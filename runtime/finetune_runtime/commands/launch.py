@@ -1,6 +1,6 @@
 """`finetune launch --config FILE [-- TRAIN ARGS]`: the worker pod's entrypoint.
 
-Reads the gang position from the environment (see `finetune_runtime.launch`),
+Reads the gang position from the environment (see `finetune_runtime.launch.torchrun`),
 waits for node 0 when this is another node, then runs torchrun with
 `finetune train CONFIG` as each process, forwarding SIGTERM/SIGINT so the
 trainers can checkpoint before the pod's grace period ends.
@@ -21,7 +21,7 @@ from types import FrameType
 
 from finetune_runtime.errors import LaunchError
 
-log = logging.getLogger("finetune_runtime.launch")
+log = logging.getLogger("finetune_runtime.launch.torchrun")
 
 TIMEOUT_ENV = "FINETUNE_RENDEZVOUS_TIMEOUT"
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -79,7 +79,7 @@ def rendezvous_timeout(args: argparse.Namespace, env: Mapping[str, str]) -> floa
         return float(args.rendezvous_timeout)
     raw = env.get(TIMEOUT_ENV)
     if raw is None or not raw.strip():
-        from finetune_runtime.rendezvous import DEFAULT_TIMEOUT_S
+        from finetune_runtime.launch.rendezvous import DEFAULT_TIMEOUT_S
 
         return DEFAULT_TIMEOUT_S
     try:
@@ -89,8 +89,8 @@ def rendezvous_timeout(args: argparse.Namespace, env: Mapping[str, str]) -> floa
 
 
 def run(args: argparse.Namespace) -> int:
-    from finetune_runtime.launch import launch_command, resolve_plan, torchrun_args
-    from finetune_runtime.rendezvous import resolves, wait_for_master
+    from finetune_runtime.launch.rendezvous import resolves, wait_for_master
+    from finetune_runtime.launch.torchrun import launch_command, resolve_plan, torchrun_args
 
     env = effective_env(args, os.environ)
     extra = [a for a in args.train_args if a != "--"]
@@ -148,7 +148,7 @@ def check_config(path: str, world_size: int) -> None:
 
     config = load_config(path)
     if config.deepspeed is not None:
-        from finetune_runtime.deepspeed_config import build
+        from finetune_runtime.train.backends.deepspeed_config import build
 
         build(config, world_size, base_dir=Path(path).resolve().parent)
 

@@ -31,8 +31,8 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from finetune_runtime.config import load_config
-    from finetune_runtime.merge import merge
-    from finetune_runtime.outdir import resolve_output_dir
+    from finetune_runtime.model.merge import merge
+    from finetune_runtime.storage.outdir import resolve_output_dir
 
     config = load_config(args.config)
     base_dir = Path(args.config).resolve().parent

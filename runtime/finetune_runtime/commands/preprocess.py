@@ -36,11 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from finetune_runtime import model
     from finetune_runtime.commands.train import load_with_overrides
     from finetune_runtime.data.cache import read_meta
     from finetune_runtime.data.prepared import prepare
     from finetune_runtime.errors import ConfigError
+    from finetune_runtime.model import load as model
 
     if args.processes is not None and args.processes < 1:
         raise ConfigError("--processes must be at least 1")

@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def demo_config(output_dir: str | None) -> Any:
     from finetune_runtime.config import parse_config
-    from finetune_runtime.presets import render_preset
+    from finetune_runtime.config.presets import render_preset
 
     config = parse_config(render_preset(DEFAULT_PRESET), source=f"preset:{DEFAULT_PRESET}")
     return config.model_copy(update={"output_dir": output_dir or DEFAULT_OUTPUT})
@@ -107,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
 
     model, tokenizer, how = _load_trained(console, config, result.weights_dir, base_dir)
     if args.prompt:
-        from finetune_runtime.generate import prompt_ids
+        from finetune_runtime.model.generate import prompt_ids
 
         ids = prompt_ids(config, tokenizer, args.prompt)
         _show_generation(console, model, tokenizer, ids, None, "your prompt", how, args)
@@ -139,7 +139,7 @@ def _load_trained(
     """Load what training wrote back, as a user would: (model, tokenizer, how it was loaded)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_runtime.merge import load_adapter_model, merge
+    from finetune_runtime.model.merge import load_adapter_model, merge
 
     if config.adapter == "none":
         model_dir = weights_dir  # a full fine-tune is already a complete model
@@ -171,7 +171,7 @@ def _show_generation(
     from rich.markup import escape
     from rich.panel import Panel
 
-    from finetune_runtime.generate import generate
+    from finetune_runtime.model.generate import generate
 
     ids = prompt.prompt_ids if hasattr(prompt, "prompt_ids") else prompt
     text = generate(model, tokenizer, ids, max_new_tokens=args.max_new_tokens).strip()

@@ -1,6 +1,6 @@
 """`finetune serve MODEL_OR_CONFIG`: an OpenAI-compatible API on a trained model.
 
-Not to be confused with `finetune_runtime.serve`, rank 0's training-progress endpoint.
+Not to be confused with `finetune_runtime.progress.server`, rank 0's training-progress endpoint.
 """
 
 from __future__ import annotations

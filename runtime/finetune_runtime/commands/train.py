@@ -83,8 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where rank 0 publishes the finished weights (see finetune_runtime.outputs)."""
-    from finetune_runtime import outputs
+    """Where rank 0 publishes the finished weights (see finetune_runtime.storage.publish)."""
+    from finetune_runtime.storage import publish as outputs
 
     parser.add_argument(
         "--output-uri",
@@ -112,7 +112,7 @@ def load_with_overrides(args: argparse.Namespace) -> Any:
     """The config file with --output-dir applied, validated like the file itself."""
     from finetune_runtime.config import check_safe_path, load_config
     from finetune_runtime.errors import ConfigError
-    from finetune_runtime.outdir import resolve_output_dir
+    from finetune_runtime.storage.outdir import resolve_output_dir
 
     config = load_config(args.config)
     base_dir = Path(args.config).resolve().parent
@@ -155,8 +155,8 @@ def train_options(args: argparse.Namespace, base_dir: Path | None) -> Any:
 
 
 def main(args: argparse.Namespace) -> int:
-    from finetune_runtime import outputs
-    from finetune_runtime.train.backend import distributed_env
+    from finetune_runtime.storage import publish as outputs
+    from finetune_runtime.train.backends.base import distributed_env
     from finetune_runtime.train.loop import train
     from finetune_runtime.train.signals import EXIT_PREEMPTED
 

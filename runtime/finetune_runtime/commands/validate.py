@@ -1,6 +1,6 @@
 """`finetune validate CONFIG`: check a config (and optionally its data) before training.
 
-Besides the schema, it checks what the config points at (finetune_runtime.preflight):
+Besides the schema, it checks what the config points at (finetune_runtime.commands.preflight):
 a missing local dataset, DeepSpeed JSON or model directory, or an unusable output_dir
 is an error (exit 2) at its field and line.
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if world_size < 1:
         raise FinetuneError("--world-size must be at least 1")
     result: dict[str, Any] = {"config": source, "valid": False, "warnings": [], "issues": []}
-    from finetune_runtime.preflight import reference_rules
+    from finetune_runtime.commands.preflight import reference_rules
 
     base_dir = args.config.resolve().parent
     try:
@@ -311,10 +311,10 @@ def _check_data(config: FineTuneConfig, base_dir: Path) -> Any:
 def load_tokenizer_for_check(config: FineTuneConfig, base_dir: Path) -> Any:
     """The tokenizer training would use, when it is available without downloading anything.
 
-    Loaded by the trainer's own loader (finetune_runtime.model.load_tokenizer: pad token,
+    Loaded by the trainer's own loader (finetune_runtime.model.load.load_tokenizer: pad token,
     special_tokens), so --check-data sees exactly the tokens training will see.
     """
-    from finetune_runtime.tiny import is_builtin
+    from finetune_runtime.model.tiny import is_builtin
 
     name = config.tokenizer or config.base_model
     local = Path(name).expanduser()
@@ -326,7 +326,7 @@ def load_tokenizer_for_check(config: FineTuneConfig, base_dir: Path) -> Any:
             "(only builtin:NAME models and local model directories are). Run it where the "
             "model is, e.g. after `finetune fetch`, or set `tokenizer:` to a local directory."
         )
-    from finetune_runtime import model
+    from finetune_runtime.model import load as model
 
     source = config.base_model
     if config.tokenizer is None:

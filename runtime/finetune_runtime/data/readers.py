@@ -40,10 +40,11 @@ def resolve_dataset_path(path: str, base_dir: Path | None = None) -> Path:
     """
     if path.startswith("s3://"):
         try:
-            from finetune_runtime.fetch import resolve_uri
+            from finetune_runtime.storage.fetch import resolve_uri
         except ImportError as exc:  # the fetch module ships with the runtime extra
             raise DatasetError(
-                f"cannot read {path}: S3 support (finetune_runtime.fetch) is unavailable: {exc}",
+                f"cannot read {path}: S3 support (finetune_runtime.storage.fetch) "
+                f"is unavailable: {exc}",
                 path,
             ) from exc
         return Path(resolve_uri(path))

@@ -107,7 +107,7 @@ def _from_adapter_dir(path: Path, served_name: str | None) -> ServeSource:
 
 def _from_config(path: Path, served_name: str | None) -> ServeSource:
     from finetune_runtime.config import load_config
-    from finetune_runtime.model import resolve_model_source
+    from finetune_runtime.model.load import resolve_model_source
 
     config = load_config(str(path))
     out = Path(config.output_dir)
@@ -151,11 +151,11 @@ def load(source: ServeSource, dtype: str = "fp32") -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_runtime.integrity import verify_weights
+    from finetune_runtime.storage.integrity import verify_weights
 
     for directory in [source.base, *source.adapters.values()]:
         if Path(str(directory)).is_dir():  # weights we wrote carry a manifest: check it
-            verify_weights(directory, required=False)
+            verify_weights(Path(str(directory)), required=False)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     try:
         tokenizer = AutoTokenizer.from_pretrained(

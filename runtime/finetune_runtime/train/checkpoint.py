@@ -11,7 +11,7 @@ Layout of one checkpoint (the backend adds its own files):
       rng-rank<N>.pt          each rank's RNG streams (python, numpy, torch, cuda)
       config.yaml             the config that produced it
       trainer_state.json      human-readable summary
-      finetune-manifest.json  SHA-256 of every file above (finetune_runtime.integrity)
+      finetune-manifest.json  SHA-256 of every file above (finetune_runtime.storage.integrity)
       COMPLETE                written last; a directory without it is ignored
 
 Writing: rank 0 creates `checkpoint-<step>.tmp-<token>`, every rank writes into
@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from finetune_runtime.errors import CheckpointError, IntegrityError
-from finetune_runtime.integrity import verify_weights, write_manifest
-from finetune_runtime.train.backend import Backend
+from finetune_runtime.storage.integrity import verify_weights, write_manifest
+from finetune_runtime.train.backends.base import Backend
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from finetune_runtime.config import FineTuneConfig, load_config
 from finetune_runtime.errors import CheckpointError, ConfigError, DivergedError, FinetuneError
-from finetune_runtime.integrity import sha256_file
-from finetune_runtime.outdir import foreign_weights_dir, probe_write, unsafe_reason
-from finetune_runtime.output_lock import OutputDirLock, wait_seconds
+from finetune_runtime.storage.integrity import sha256_file
+from finetune_runtime.storage.outdir import foreign_weights_dir, probe_write, unsafe_reason
+from finetune_runtime.storage.output_lock import OutputDirLock, wait_seconds
 from finetune_runtime.train.resume_check import config_changes
 
 log = logging.getLogger(__name__)

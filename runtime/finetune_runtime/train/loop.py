@@ -25,23 +25,28 @@ from finetune_runtime.config import FineTuneConfig
 from finetune_runtime.data.pipeline import TokenizedDataset
 from finetune_runtime.data.tokenize import IGNORE_INDEX
 from finetune_runtime.errors import CheckpointError, ConfigError, DivergedError
-from finetune_runtime.generate import Sample, sample_from_example
-from finetune_runtime.integrity import architecture_of, write_manifest
-from finetune_runtime.reporting import ProgressReporter
+from finetune_runtime.model.generate import Sample, sample_from_example
+from finetune_runtime.progress.console import StepDisplay, eval_line, format_metrics, perplexity
+from finetune_runtime.progress.reporting import ProgressReporter
+from finetune_runtime.progress.tracking import (
+    Tracking,
+    check_installed,
+    eval_metrics,
+    open_tracking,
+)
+from finetune_runtime.storage.integrity import architecture_of, write_manifest
 from finetune_runtime.train import guards
-from finetune_runtime.train.backend import Backend, closing, create_backend
+from finetune_runtime.train.backends.base import Backend, closing, create_backend
 from finetune_runtime.train.checkpoint import (
     CheckpointWriter,
     agreed_resume,
     load_rng,
     replace_dir,
 )
-from finetune_runtime.train.console import StepDisplay, eval_line, format_metrics, perplexity
 from finetune_runtime.train.kernels import apply_kernels
 from finetune_runtime.train.optim import build_optimizer, build_scheduler
 from finetune_runtime.train.plan import TrainingPlan, make_plan
 from finetune_runtime.train.signals import GracefulStop
-from finetune_runtime.train.tracking import Tracking, check_installed, eval_metrics, open_tracking
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +237,7 @@ class Trainer:
     def _start_server(self) -> None:
         if not (self.backend.is_main and self.options.serve_progress):
             return
-        from finetune_runtime.serve import ProgressServer
+        from finetune_runtime.progress.server import ProgressServer
 
         try:
             self.server = ProgressServer(
@@ -244,9 +249,9 @@ class Trainer:
     def _setup(self) -> None:
         from transformers import set_seed
 
-        from finetune_runtime import model as models
         from finetune_runtime.data import make_collator
         from finetune_runtime.data.prepared import prepared_datasets
+        from finetune_runtime.model import load as models
 
         config, backend = self.config, self.backend
         training = config.training
@@ -395,7 +400,7 @@ class Trainer:
 
     def _export(self, directory: Path, *, with_tokenizer: bool = True) -> None:
         """Write usable weights (adapter or full model) into `directory` (collective)."""
-        from finetune_runtime.model import save_weights
+        from finetune_runtime.model.load import save_weights
 
         state = self.backend.export_state_dict()
         if not self.backend.is_main:

@@ -1,7 +1,7 @@
 """Base model, tokenizer, quantization and peft adapters.
 
 `base_model` may be a local directory, `builtin:NAME` (a tiny model built
-locally, see `finetune_runtime.tiny`), an `s3://` prefix (fetched into the
+locally, see `finetune_runtime.model.tiny`), an `s3://` prefix (fetched into the
 cache) or a Hugging Face Hub id (only where the hub is reachable).
 
 What runs where is recorded in docs/training.md; in short, every adapter type
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from finetune_runtime.errors import ModelError
-from finetune_runtime.tiny import is_builtin, resolve_builtin
+from finetune_runtime.model.tiny import is_builtin, resolve_builtin
 
 if TYPE_CHECKING:
     from finetune_runtime.config import FineTuneConfig, QuantizationSettings
@@ -47,7 +47,7 @@ def resolve_model_source(name: str, base_dir: Path | None = None) -> str:
     if is_builtin(name):
         return str(resolve_builtin(name))
     if name.startswith("s3://"):
-        from finetune_runtime.fetch import resolve_uri
+        from finetune_runtime.storage.fetch import resolve_uri
 
         return str(resolve_uri(name))
     path = Path(name).expanduser()
@@ -207,7 +207,7 @@ def load_base_model(
     """
     from transformers import AutoModelForCausalLM
 
-    from finetune_runtime.integrity import verify_weights
+    from finetune_runtime.storage.integrity import verify_weights
 
     if Path(source).is_dir():  # one of our outputs (merged, model) carries a manifest
         verify_weights(source, required=False)

@@ -23,7 +23,7 @@ from typing import get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client import Enum as EnumMetric
 
-from finetune_runtime.progress import CheckpointInfo, ProgressDocument, TrainingState
+from finetune_runtime.progress.document import CheckpointInfo, ProgressDocument, TrainingState
 
 STATES: tuple[str, ...] = get_args(TrainingState)
 DEFAULT_WINDOW = 20

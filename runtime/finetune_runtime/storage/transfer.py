@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from finetune_runtime.errors import FetchError
-from finetune_runtime.fetch_cache import temp_for
-from finetune_runtime.s3 import (
+from finetune_runtime.storage.fetch_cache import temp_for
+from finetune_runtime.storage.s3 import (
     RemoteObject,
     S3Location,
     TransferIntegrityError,
@@ -32,7 +32,7 @@ from finetune_runtime.s3 import (
     redact,
 )
 
-log = logging.getLogger("finetune_runtime.fetch")
+log = logging.getLogger("finetune_runtime.storage.fetch")
 
 MiB = 1024 * 1024
 

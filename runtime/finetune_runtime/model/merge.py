@@ -22,7 +22,7 @@ import torch
 
 from finetune_runtime.config import FineTuneConfig, check_safe_path, unmergeable_reason
 from finetune_runtime.errors import ConfigError, IntegrityError, ModelError
-from finetune_runtime.integrity import (
+from finetune_runtime.storage.integrity import (
     architecture_of,
     identity_of,
     manifest_id,
@@ -100,7 +100,7 @@ def load_adapter_model(
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_runtime.model import load_tokenizer, resolve_model_source
+    from finetune_runtime.model.load import load_tokenizer, resolve_model_source
 
     if config is not None:
         name, trust = config.base_model, config.trust_remote_code
@@ -140,7 +140,7 @@ def load_merged(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_runtime.model import load_tokenizer, resolve_model_source
+    from finetune_runtime.model.load import load_tokenizer, resolve_model_source
 
     source = resolve_model_source(config.base_model, base_dir)
     identity = check_adapter_identity(config, adapter_dir, source)

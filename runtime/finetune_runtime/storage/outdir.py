@@ -16,7 +16,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from finetune_runtime.integrity import has_manifest
+from finetune_runtime.storage.integrity import has_manifest
 
 # Refused as output_dir themselves.
 SYSTEM_DIRS = frozenset(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from finetune_runtime.config import FineTuneConfig, Rule
 from finetune_runtime.errors import ConfigError, DatasetError, ModelError
-from finetune_runtime.outdir import check_output_dir, resolve_output_dir
+from finetune_runtime.storage.outdir import check_output_dir, resolve_output_dir
 
 
 def reference_rules(config: FineTuneConfig, base_dir: Path) -> list[Rule]:
@@ -22,7 +22,7 @@ def reference_rules(config: FineTuneConfig, base_dir: Path) -> list[Rule]:
         if problem:
             found.append((("datasets", i, "path"), problem))
     if isinstance(config.deepspeed, str) and config.deepspeed.endswith(".json"):
-        from finetune_runtime.deepspeed_config import load_source
+        from finetune_runtime.train.backends.deepspeed_config import load_source
 
         try:
             load_source(config.deepspeed, base_dir)
@@ -53,8 +53,8 @@ def _dataset_problem(path: str, base_dir: Path) -> str | None:
 
 def _model_problem(name: str | None, base_dir: Path) -> str | None:
     """A local model directory that is missing or not a model; hub ids and s3:// pass."""
-    from finetune_runtime.model import resolve_model_source
-    from finetune_runtime.tiny import is_builtin
+    from finetune_runtime.model.load import resolve_model_source
+    from finetune_runtime.model.tiny import is_builtin
 
     if name is None or is_builtin(name) or name.startswith("s3://"):
         return None

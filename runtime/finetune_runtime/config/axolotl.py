@@ -5,7 +5,7 @@ Axolotl configs are flat (`lora_r`, `micro_batch_size`, `datasets[].type`, ...).
 remembers, for each canonical location, the key the user wrote, so a validation
 error on `lora.r` is reported as `lora_r` at its line. Keys that only steer
 axolotl's own integrations (wandb, plugins, kernels, ...) are on an explicit
-allow-list (`finetune_runtime.axolotl_keys`) and ignored with a warning naming
+allow-list (`finetune_runtime.config.axolotl_keys`) and ignored with a warning naming
 each; any other unknown key is an error with a did-you-mean, so `lerning_rate`
 never trains with the default. A setting given twice (flat and nested) with
 different values, or bf16 and fp16 both on, is an error. Settings whose meaning
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_runtime.axolotl_keys import (
+from finetune_runtime.config.axolotl_keys import (
     IGNORED_DATASET_KEYS,
     IGNORED_KEYS,
     is_empty,
@@ -112,7 +112,7 @@ SCALAR_MAP: dict[str, Loc] = {
     "resume_from_checkpoint": ("training", "resume_from_checkpoint"),
     "auto_resume_from_checkpoints": ("training", "auto_resume"),
     "tokenizer_config": ("tokenizer",),
-    # experiment tracking (finetune_runtime.train.tracking)
+    # experiment tracking (finetune_runtime.progress.tracking)
     "wandb_project": ("tracking", "wandb", "project"),
     "wandb_entity": ("tracking", "wandb", "entity"),
     "wandb_name": ("tracking", "wandb", "name"),

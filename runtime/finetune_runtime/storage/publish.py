@@ -106,8 +106,8 @@ def publish(
     target: OutputTarget, config: Any, weights_dir: Path, base_dir: Path | None = None
 ) -> dict[str, str]:
     """Upload the final weights (and merge + upload); returns the URIs written."""
-    from finetune_runtime.fetch import upload
-    from finetune_runtime.merge import merge
+    from finetune_runtime.model.merge import merge
+    from finetune_runtime.storage.fetch import upload
 
     uris = output_uris(target, weights_dir.name)
 

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from prometheus_client.exposition import choose_encoder
 
-from finetune_runtime.progress import METRICS_PATH, PROGRESS_PATH, PROGRESS_PORT
-from finetune_runtime.reporting import ProgressReporter
+from finetune_runtime.progress.document import METRICS_PATH, PROGRESS_PATH, PROGRESS_PORT
+from finetune_runtime.progress.reporting import ProgressReporter
 
 PORT_ENV = "FINETUNE_PROGRESS_PORT"
 HEALTH_PATH = "/healthz"

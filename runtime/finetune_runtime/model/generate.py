@@ -253,7 +253,7 @@ def load_for_generation(weights: Weights) -> tuple[Any, Any]:
     """(model in eval mode on CPU, tokenizer) for `weights`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_runtime.merge import load_adapter_model
+    from finetune_runtime.model.merge import load_adapter_model
 
     if weights.kind == "adapter":
         return load_adapter_model(weights.config, weights.path, base_dir=weights.base_dir)
@@ -272,7 +272,7 @@ def _load_checkpoint_model(weights: Weights) -> tuple[Any, Any]:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from finetune_runtime.model import fit_embeddings, load_tokenizer, resolve_model_source
+    from finetune_runtime.model.load import fit_embeddings, load_tokenizer, resolve_model_source
 
     config = weights.config
     assert config is not None

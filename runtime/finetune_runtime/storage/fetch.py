@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_runtime.errors import FetchError
-from finetune_runtime.fetch_cache import (
+from finetune_runtime.storage.fetch_cache import (
     Journal,
     Layout,
     is_cached,
@@ -41,7 +41,7 @@ from finetune_runtime.fetch_cache import (
     safe_relpath,
     write_manifest,
 )
-from finetune_runtime.s3 import (
+from finetune_runtime.storage.s3 import (
     ADDRESSING_STYLES,
     RemoteObject,
     S3Location,
@@ -54,7 +54,7 @@ from finetune_runtime.s3 import (
     parse_s3_uri,
     redact,
 )
-from finetune_runtime.s3_transfer import (
+from finetune_runtime.storage.transfer import (
     Job,
     MiB,
     TransferSettings,
@@ -199,7 +199,7 @@ def resolve_uri(uri: str | os.PathLike[str], **kwargs: Any) -> Path:
     """
     if not is_s3_uri(uri):
         return Path(os.fspath(uri)).expanduser()
-    from finetune_runtime.tiny import cache_root
+    from finetune_runtime.model.tiny import cache_root
 
     loc = parse_s3_uri(str(uri))
     rel = safe_relpath(loc.key.rstrip("/"), loc.uri) if loc.key.strip("/") else None

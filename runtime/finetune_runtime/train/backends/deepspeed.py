@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from finetune_runtime.errors import CheckpointError, LaunchError
-from finetune_runtime.train.backend import BackendOptions, DistCollectives, distributed_env
+from finetune_runtime.train.backends.base import BackendOptions, DistCollectives, distributed_env
 
 if TYPE_CHECKING:
     from finetune_runtime.config import FineTuneConfig
@@ -123,7 +123,7 @@ class DeepSpeedBackend(DistCollectives):
     def prepare(self, model: Any, optimizer: Any, scheduler: Any) -> tuple[Any, Any, Any]:
         import deepspeed
 
-        from finetune_runtime.deepspeed_config import (
+        from finetune_runtime.train.backends.deepspeed_config import (
             build,
             offloads_optimizer,
             precision_of,
@@ -165,7 +165,7 @@ class DeepSpeedBackend(DistCollectives):
 
     @property
     def precision(self) -> str:
-        from finetune_runtime.deepspeed_config import precision_of
+        from finetune_runtime.train.backends.deepspeed_config import precision_of
 
         return precision_of(self.ds_config or {})
 
@@ -273,7 +273,7 @@ class DeepSpeedBackend(DistCollectives):
             )
         saved_world = manifest.get("world_size")
         if saved_world != self.world_size:
-            from finetune_runtime.deepspeed_config import zero_stage
+            from finetune_runtime.train.backends.deepspeed_config import zero_stage
 
             # ZeRO shards optimizer state per rank: a different world size cannot load it.
             if zero_stage(self.ds_config or {}) > 0:

@@ -25,9 +25,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from finetune_runtime.errors import FetchError
-from finetune_runtime.s3 import RemoteObject, S3Location
+from finetune_runtime.storage.s3 import RemoteObject, S3Location
 
-log = logging.getLogger("finetune_runtime.fetch")
+log = logging.getLogger("finetune_runtime.storage.fetch")
 
 MANIFEST_VERSION = 1
 STATE_MARK = ".finetune-"  # every hidden file a fetch writes carries it

@@ -4,7 +4,7 @@ The loop (`finetune_runtime.train.loop`) is written once against `Backend`;
 a backend decides what "backward", "optimizer step", "checkpoint" and
 "all-reduce" mean for one process (`LocalBackend`), plain data parallelism
 (`DDPBackend`, torch.distributed: gloo on CPU, nccl on CUDA) or DeepSpeed ZeRO
-(`finetune_runtime.train.deepspeed_backend.DeepSpeedBackend`).
+(`finetune_runtime.train.backends.deepspeed.DeepSpeedBackend`).
 
 Contract the loop relies on, per optimizer step:
 
@@ -453,7 +453,7 @@ def create_backend(
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     options = options_from_config(config, device)
     if config.deepspeed:
-        from finetune_runtime.train.deepspeed_backend import DeepSpeedBackend
+        from finetune_runtime.train.backends.deepspeed import DeepSpeedBackend
 
         backend: Backend = DeepSpeedBackend(config=config, options=options, base_dir=base_dir)
         return backend

@@ -2,7 +2,7 @@
 
 A key is *known* when the canonical schema has it (derived from the pydantic models,
 so a field added there is accepted here with no edit) or when
-`finetune_runtime.axolotl` translates it. A key in `IGNORED_KEYS` is one we knowingly
+`finetune_runtime.config.axolotl` translates it. A key in `IGNORED_KEYS` is one we knowingly
 ignore: accepted, and named in a warning. Any other key is an error with a
 did-you-mean, whatever its value; an empty one (`key:` with no value) has no effect and
 only warns.

@@ -2,7 +2,7 @@
 
 A config is written either in the canonical nested form (below) or as an
 axolotl-style flat config (`lora_r`, `micro_batch_size`, `datasets[].type`, ...),
-which `finetune_runtime.axolotl` normalises to the canonical form first. Errors
+which `finetune_runtime.config.axolotl` normalises to the canonical form first. Errors
 always name the key the user actually wrote and its line.
 
 This module needs only pydantic and PyYAML: the operator imports it to validate
@@ -25,8 +25,8 @@ from pydantic import (
     field_validator,
 )
 
+from finetune_runtime.config.yamlsafe import MAX_CONFIG_BYTES, LineIndex, check_size, load_yaml
 from finetune_runtime.errors import ConfigError, ConfigIssue
-from finetune_runtime.yamlsafe import MAX_CONFIG_BYTES, LineIndex, check_size, load_yaml
 
 AdapterType = Literal[
     "none",
@@ -525,7 +525,7 @@ def parse_config_with_warnings(
     `extra_rules` adds checks of a valid config (e.g. that referenced files exist), reported
     like the schema's own: at the key the user wrote, with its line.
     """
-    from finetune_runtime.axolotl import normalize
+    from finetune_runtime.config.axolotl import normalize
 
     if isinstance(data, str):
         raw, index = load_yaml(data, source)

@@ -26,7 +26,7 @@ SECRET_ENVS = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
-    # experiment trackers' credentials (finetune_runtime.train.tracking)
+    # experiment trackers' credentials (finetune_runtime.progress.tracking)
     "WANDB_API_KEY",
     "MLFLOW_TRACKING_TOKEN",
     "MLFLOW_TRACKING_PASSWORD",
