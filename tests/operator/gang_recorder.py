@@ -8,7 +8,7 @@ writes, across every process of every gang):
 
 - `start`: attempt, rank, pid, hostname, the rendezvous address the pod got (PET_MASTER_ADDR,
   as cluster DNS answered it), for rank 0 whether the runtime's output_dir lock
-  (finetune_runtime.output_lock, kernel flock) was free, and `overlapping`: processes of
+  (finetune_runtime.storage.output_lock, kernel flock) was free, and `overlapping`: processes of
   another attempt still alive at this start (from earlier start lines, pid + start time);
 - `beat` every 0.1 s while alive: the writes a trainer makes to the checkpoint volume;
 - on SIGTERM, `term`; then it keeps running (and writing) until the test creates
@@ -33,7 +33,7 @@ import psutil
 import yaml
 
 from finetune_runtime.errors import LockedError
-from finetune_runtime.output_lock import OutputDirLock
+from finetune_runtime.storage.output_lock import OutputDirLock
 
 LEDGER = "ledger.jsonl"
 
