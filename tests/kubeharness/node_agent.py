@@ -6,7 +6,9 @@ It does what a kubelet does, through the real apiserver and as the node's own id
 its Node (capacity including `nvidia.com/gpu`, Ready), runs the pods bound to it (see
 `pod_run`), writes their status, and deletes them gracefully: on a deletion timestamp it
 sends SIGTERM, waits the pod's grace period (capped by `grace_cap` to keep tests short),
-kills what is left, writes the final status and removes the object with grace 0. It also
+kills what is left, writes the final status and removes the object with grace 0 (a pod
+named in `unresponsive` is left alone, as by a hung kubelet, until someone force-deletes it;
+a force-deleted pod's processes are killed before any newly bound pod starts). It also
 plays two cluster services a real cluster has: cluster DNS (names of a headless Service
 resolve as CoreDNS answers them, by the EndpointSlice controller's rules; see `resolve`) and
 a hostPath volume provisioner (each claim gets a PersistentVolume of its own, which kube-
@@ -101,6 +103,9 @@ class NodeAgent:
         self.runs: list[PodRun] = []  # every pod ever run here, for logs and exit codes
         self.process_namespaces: set[str] = set()  # their pods run as processes
         self.auto_run = False  # other pods: Running at once (else when a test says so)
+        # Pods (by name) whose deletion this node never acts on, as a hung or lost kubelet:
+        # no SIGTERM, no final status, the object stays until someone force-deletes it.
+        self.unresponsive: set[str] = set()
         self._scripted: set[str] = set()
         self._deleting: set[str] = set()
         self.provisioner = Provisioner(admin, root / "volumes")
@@ -198,10 +203,17 @@ class NodeAgent:
         """One pass: start pods bound here, stop the ones being deleted."""
         bound = self.api.items("api/v1/pods", fieldSelector=f"spec.nodeName={self.node_name}")
         present = {pod["metadata"]["uid"]: pod for pod in bound}
+        with self._lock:
+            vanished = [run for uid, run in self.pods.items() if uid not in present]
+            for run in vanished:
+                self.pods.pop(run.uid, None)
+        for run in vanished:  # force-deleted: killed at once, before any new pod starts here
+            run.terminate(0.0)
         for uid, pod in present.items():
             meta = pod["metadata"]
             if meta.get("deletionTimestamp"):
-                self._begin_delete(uid, pod)
+                if meta["name"] not in self.unresponsive:
+                    self._begin_delete(uid, pod)
                 continue
             pending = (pod.get("status") or {}).get("phase", "Pending") == "Pending"
             if not pending or uid in self.pods or uid in self._scripted:
@@ -213,12 +225,6 @@ class NodeAgent:
                     self.runs.append(self.pods[uid])
             elif self.auto_run:
                 self.run(pod)
-        with self._lock:
-            vanished = [run for uid, run in self.pods.items() if uid not in present]
-            for run in vanished:
-                self.pods.pop(run.uid, None)
-        for run in vanished:  # force-deleted: the kubelet kills at once
-            threading.Thread(target=run.terminate, args=(0.0,), daemon=True).start()
 
     # -- scripted pods: a test decides when they run and how they end ------------------
     def run(self, pod: dict[str, Any]) -> str:
