@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     except FinetuneError as exc:
         # Escaped: messages quote user text and commands like pip install 'pkg[extra]'.
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
-        record_exit_code(exc.exit_code)
+        record_exit_code(exc.exit_code, str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -95,21 +95,26 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
-def record_exit_code(code: int) -> None:
+def record_exit_code(code: int, message: str = "") -> None:
+    """Leave the exit code (and the error's message) for `finetune launch`, which reports a
+    trainer's own code rather than torchrun's generic 1 and repeats the message as its last
+    log line, where the operator's log tail of a failed worker will find it."""
     path = os.environ.get(EXIT_FILE_ENV)
     if not path:
         return
     with contextlib.suppress(OSError):
         tmp = f"{path}.{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(f"{code}\n")
+            handle.write(f"{code}\n{message}")
         os.replace(tmp, path)
 
 
-def recorded_exit_code(path: str) -> int | None:
+def recorded_exit(path: str) -> tuple[int, str] | None:
+    """The (exit code, message) a trainer recorded, or None."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return int(handle.read().strip())
+            code, _, message = handle.read().partition("\n")
+        return int(code.strip()), message.strip()
     except (OSError, ValueError):
         return None
 

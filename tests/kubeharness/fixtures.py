@@ -76,6 +76,7 @@ def node(
         cluster.api,
         tmp_path_factory.mktemp("node"),
         node_name=name,
+        serving=kube.pki.serving(f"kubelet-{name}"),
     ).start()
     yield agent
     agent.stop()

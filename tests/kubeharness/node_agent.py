@@ -12,7 +12,8 @@ a force-deleted pod's processes are killed before any newly bound pod starts). I
 plays two cluster services a real cluster has: cluster DNS (names of a headless Service
 resolve as CoreDNS answers them, by the EndpointSlice controller's rules; see `resolve`) and
 a hostPath volume provisioner (each claim gets a PersistentVolume of its own, which kube-
-controller-manager's binder binds).
+controller-manager's binder binds). Given a serving certificate it answers the apiserver's
+pods/log requests from its containers' output, as a kubelet's log endpoint (`kubelet_logs`).
 
 What cannot exist here is played, and nothing else:
 - Images and isolation: every container runs from this virtualenv (its bin/ first on
@@ -46,6 +47,8 @@ from typing import Any
 import psutil
 
 from kubeharness.api import STRATEGIC, Api, ApiError
+from kubeharness.kubelet_logs import KubeletLogServer
+from kubeharness.pki import KeyPair
 from kubeharness.pod_run import MARKER, PodNotReady, PodRun, now_rfc3339
 from kubeharness.provisioner import Provisioner
 
@@ -92,6 +95,7 @@ class NodeAgent:
         extra_env: dict[str, str] | None = None,
         grace_cap: float = 30.0,
         gpus: int = 8,
+        serving: KeyPair | None = None,
     ) -> None:
         self.api = api  # as system:node:<name>
         self.admin = admin  # cluster DNS and the provisioner, which are not the kubelet
@@ -126,9 +130,13 @@ class NodeAgent:
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The kubelet's log endpoint (pods/log through the apiserver), when given a cert.
+        self.logs_server = KubeletLogServer(serving, self.log_path) if serving else None
 
     # -- the agent loop -------------------------------------------------------------
     def start(self) -> NodeAgent:
+        if self.logs_server is not None:
+            self.logs_server.start()
         self.register()
         self._thread = threading.Thread(target=self._loop, name="node-agent", daemon=True)
         self._thread.start()
@@ -140,6 +148,8 @@ class NodeAgent:
             self._thread.join(10)
         for run in list(self.pods.values()):
             run.terminate(grace=0)
+        if self.logs_server is not None:
+            self.logs_server.stop()
 
     def register(self) -> None:
         """Create (or refresh) this Node with its capacity and a Ready condition."""
@@ -163,6 +173,10 @@ class NodeAgent:
             "capacity": capacity,
             "allocatable": capacity,
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            # Where the apiserver dials this node for pods/log (0: none served).
+            "daemonEndpoints": {
+                "kubeletEndpoint": {"Port": self.logs_server.port if self.logs_server else 0}
+            },
             "conditions": [
                 {
                     "type": "Ready",

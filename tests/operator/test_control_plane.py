@@ -53,6 +53,33 @@ def test_scheduled_pod_runs_as_a_process_and_reports_its_exit(
     assert "hello" in node.log(ns, "ok", "main")
 
 
+def test_pods_log_reaches_the_node_through_the_apiserver(
+    cluster: Cluster, node: NodeAgent, kube_namespace: str
+):
+    """`pods/log` (what the operator reads for a failed worker's last lines, and `kubectl
+    logs`) is proxied by the real apiserver to the node's log endpoint over TLS, verified
+    against --kubelet-certificate-authority; tailLines and limitBytes as a kubelet honours them."""
+    ns = kube_namespace
+    node.process_namespaces.add(ns)
+    code = "for i in range(50): print(f'line {i}')\nraise SystemExit(3)"
+    cluster.post(f"api/v1/namespaces/{ns}/pods", pod("talker", code))
+    wait_for(lambda: phase(cluster, ns, "talker") == "Failed", 60, what="talker Failed")
+
+    def log(**params: int) -> str:
+        url = f"{cluster.url}/api/v1/namespaces/{ns}/pods/talker/log"
+        response = cluster.api.http.get(url, params={"container": "main", **params}, timeout=15)
+        assert response.status_code == 200, response.text
+        return response.text
+
+    assert log().splitlines() == [f"line {i}" for i in range(50)]
+    assert log(tailLines=3) == "line 47\nline 48\nline 49\n"
+    assert log(tailLines=3, limitBytes=10) == "line 47\nli"
+    missing = cluster.api.http.get(
+        f"{cluster.url}/api/v1/namespaces/{ns}/pods/nobody/log", timeout=15
+    )
+    assert missing.status_code == 404
+
+
 def test_deletion_is_graceful_sigterm_then_the_object_goes(
     cluster: Cluster, node: NodeAgent, kube_namespace: str
 ):

@@ -362,3 +362,36 @@ def test_suspend_sigterms_the_trainers_which_checkpoint_within_the_grace_period(
     assert summary["steps"] == total
     assert [h["step"] for h in summary["losses"]] == list(range(1, total + 1))
     cluster.delete_jobs(ns)
+
+
+def test_permanent_failure_bad_dataset_row_fails_the_job_with_the_pods_last_log_lines(
+    cluster: Cluster, kubelet: NodeAgent, operator: OperatorProcess, s3: MotoS3
+):
+    """A bad row is a user error (exit 3 from the trainer, passed on by `finetune launch`):
+    the job fails at once, no gang is replaced, and the condition carries the trainer's last
+    log lines, read through the real apiserver's pods/log from the node's log endpoint."""
+    ns, name = "real-bad-row", "badrow"
+    kubelet.process_namespaces.add(ns)
+    secret(cluster, ns)
+    rows = DATA.read_text().splitlines()[:6]
+    rows[3] = '{"instruction": "what is missing?"}'  # no `output`: nothing to train on
+    client = s3.client(
+        aws_access_key_id=TEST_ACCESS_KEY_ID, aws_secret_access_key=TEST_SECRET_ACCESS_KEY
+    )
+    client.put_object(Bucket="datasets", Key="bad/train.jsonl", Body="\n".join(rows) + "\n")
+    spec = job_spec(s3, nodes=1)
+    spec["dataset"]["uri"] = "s3://datasets/bad"
+    cluster.create_job(ns, name, spec)
+    done = run_to_completion(cluster, kubelet, ns, name)
+    context = explain(cluster, kubelet, operator, ns)
+    assert done.status["phase"] == "Failed", context
+    assert done.status["attempt"] == 1 and done.status["restarts"] == 0, context
+    failed = next(c for c in done.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PermanentFailure", context
+    assert "exited with code 3" in failed["message"], context
+    tail = failed["message"].split("Last log lines:", 1)
+    assert len(tail) == 2, context
+    assert "train.jsonl" in tail[1] and ":4" in tail[1], context  # the file and line named
+    for value in (TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY):
+        assert value not in failed["message"]
+    cluster.delete_jobs(ns)

@@ -316,6 +316,29 @@ def test_launch_reports_the_trainers_exit_code_not_torchruns(tmp_path: Path) -> 
     assert supervise_recording_exit([sys.executable, "-c", "raise SystemExit(1)"], {}) == 1
 
 
+def test_launch_repeats_the_trainers_error_as_its_last_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a failed worker's log tail (the operator's failure message) ends with: the
+    trainer's own error, not torchrun's report. A real `finetune` fails on a missing config
+    under a stand-in for torchrun that then exits 1, as torchrun does."""
+    from finetune_runtime.commands.launch import supervise_recording_exit
+
+    missing = tmp_path / "nope.yaml"
+    script = (
+        "import subprocess, sys\n"
+        f"subprocess.run([sys.executable, '-m', 'finetune_runtime.cli', 'train', '{missing}'])\n"
+        "raise SystemExit(1)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    with caplog.at_level("INFO", logger="finetune_runtime"):
+        assert supervise_recording_exit([sys.executable, "-c", script], env) == 2
+    last = caplog.records[-1]
+    assert last.levelname == "ERROR"
+    assert last.getMessage().startswith("a trainer exited with 2: ")
+    assert "nope.yaml" in last.getMessage()
+
+
 def test_exit_codes_are_distinct_and_divergence_is_permanent() -> None:
     codes = [v for k, v in vars(errors).items() if k.startswith("EXIT_")]
     assert len(codes) == len(set(codes))

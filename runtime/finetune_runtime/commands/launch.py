@@ -124,15 +124,17 @@ def supervise_recording_exit(command: list[str], env: Mapping[str, str]) -> int:
     torchrun's generic 1: the trainers record theirs in $FINETUNE_EXIT_FILE."""
     import tempfile
 
-    from finetune_runtime.cli import EXIT_FILE_ENV, recorded_exit_code
+    from finetune_runtime.cli import EXIT_FILE_ENV, recorded_exit
 
     with tempfile.TemporaryDirectory(prefix="finetune-launch-") as tmp:
         exit_file = os.path.join(tmp, "exit-code")
         code = supervise(command, {**env, EXIT_FILE_ENV: exit_file})
-        recorded = recorded_exit_code(exit_file)
+        recorded = recorded_exit(exit_file)
     if code not in (0, 143) and recorded is not None:
-        log.info("a trainer exited with %d: reporting that code", recorded)
-        return recorded
+        trainer_code, message = recorded
+        # Last, after torchrun's own failure report: what a log tail should show.
+        log.error("a trainer exited with %d: %s", trainer_code, message or "(no message)")
+        return trainer_code
     return code
 
 
