@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from finetune_operator import manifests as m
+from finetune_operator import pod_facts as pf
 from finetune_operator import startup as st
 from finetune_operator import status as s
+from finetune_operator.jobref import JobRef
 from finetune_operator.redact import redact
-from finetune_operator.spec import RunPolicy
+from finetune_operator.spec.run_policy import RunPolicy
 
 INVALID_SPEC = "InvalidSpec"
 PERMANENT_FAILURE = "PermanentFailure"
@@ -70,7 +71,7 @@ class Cycle:
 
     def __init__(self, job: dict[str, Any], observed: Observed, now: datetime) -> None:
         self.job = job
-        self.ref = m.JobRef.from_body(job)
+        self.ref = JobRef.from_body(job)
         self.observed = observed
         self.now = now
         self.old = copy.deepcopy(job.get("status") or {})
@@ -96,14 +97,14 @@ class Cycle:
         self.decision.events.append(Event(type_, reason, redact(message)))
 
     def delete_pod(self, pod: dict[str, Any]) -> None:
-        ref = ChildRef("Pod", s.pod_name(pod))
-        if not s.terminating(pod) and ref not in self.decision.delete:
+        ref = ChildRef("Pod", pf.name_of(pod))
+        if not pf.is_terminating(pod) and ref not in self.decision.delete:
             self.decision.delete.append(ref)
 
     def retire_pod(self, pod: dict[str, Any]) -> None:
         """Delete a pod of a replaced gang; force it once its grace period is long over."""
-        if s.termination_overdue(pod, self.now):
-            ref = ChildRef("Pod", s.pod_name(pod))
+        if pf.termination_overdue(pod, self.now):
+            ref = ChildRef("Pod", pf.name_of(pod))
             if ref not in self.decision.force_delete:
                 self.decision.force_delete.append(ref)
         else:
@@ -126,7 +127,7 @@ def elapsed(since: datetime, now: datetime) -> float:
 def clean_pods(cy: Cycle, policy: RunPolicy) -> None:
     for pod in cy.observed.pods:
         if policy.clean_pod_policy == "All" or (
-            policy.clean_pod_policy == "Running" and s.pod_phase(pod) not in TERMINAL
+            policy.clean_pod_policy == "Running" and pf.phase_of(pod) not in TERMINAL
         ):
             cy.delete_pod(pod)
 
