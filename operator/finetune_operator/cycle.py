@@ -18,6 +18,7 @@ from finetune_operator import status as s
 from finetune_operator.jobref import JobRef
 from finetune_operator.redact import redact
 from finetune_operator.spec.run_policy import RunPolicy
+from finetune_operator.status_model import check_status
 
 INVALID_SPEC = "InvalidSpec"
 PERMANENT_FAILURE = "PermanentFailure"
@@ -115,6 +116,7 @@ class Cycle:
         if phase in s.PHASES:
             self.conditions = s.kstatus_conditions(self.conditions, phase, self.now)
         self.status["conditions"] = self.conditions
+        check_status(self.status)  # what the CRD declares, or the apiserver would prune it
         return self.decision
 
 
