@@ -1,8 +1,9 @@
 """One reconcile pass's scratch state and outcome: what was observed, what to do.
 
-`reconcile.reconcile` builds a `Cycle` from the job, the observed children and the time;
-the helpers that decide (reconcile, gang_health) write into it; `Cycle.finish` returns the
-`Decision` the kopf shell acts on. Also the terminal transitions every path shares.
+`reconcile.reconcile` builds a `Cycle` from the job's identity and status, the observed
+children and the time; the helpers that decide (reconcile, situations, gang, gang_health)
+write into it; `Cycle.finish` validates the status against the status model and returns
+the `Decision` the kopf shell acts on. Also the terminal transitions every path shares.
 """
 
 from __future__ import annotations
@@ -70,12 +71,13 @@ class Decision:
 class Cycle:
     """Mutable scratch state for one reconcile pass."""
 
-    def __init__(self, job: dict[str, Any], observed: Observed, now: datetime) -> None:
-        self.job = job
-        self.ref = JobRef.from_body(job)
+    def __init__(
+        self, ref: JobRef, old_status: dict[str, Any] | None, observed: Observed, now: datetime
+    ) -> None:
+        self.ref = ref
         self.observed = observed
         self.now = now
-        self.old = copy.deepcopy(job.get("status") or {})
+        self.old = copy.deepcopy(old_status or {})
         self.status: dict[str, Any] = copy.deepcopy(self.old)
         self.decision = Decision(status=self.status)
         self.conditions: list[dict[str, Any]] = list(self.status.get("conditions") or [])

@@ -60,7 +60,7 @@ def reconcile(
     `parsed` is `parse_job(job)` when the caller already has it (the controller parses
     once per cycle and observes with it too)."""
     parsed = parsed if parsed is not None else parse_job(job)
-    cy = Cycle(job, observed, now)
+    cy = Cycle(parsed.ref, job.get("status"), observed, now)
     if parsed.deleting:
         return Decision(status=cy.old)  # garbage collection removes the children
     retry_invalid = _spec_fixed(cy, parsed.generation)
