@@ -34,6 +34,8 @@ class CheckedJob:
 
 @dataclass(frozen=True)
 class ParsedJob:
+    """One FineTuneJob as a reconcile cycle reads it (built by `parse_job`)."""
+
     ref: JobRef
     meta: dict[str, Any] = field(repr=False)
     generation: int | None
