@@ -16,17 +16,18 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from finetune_operator import manifests as m
+from finetune_operator import names
+from finetune_operator import pod_facts as pf
 from finetune_operator import status as s
 from finetune_operator.failure_policy import LOG_BYTES, LOG_LINES, log_container
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import Metrics
+from finetune_operator.parsed import ParsedJob, parse_job
+from finetune_operator.pod_parts import PodSettings
 from finetune_operator.progress_client import fetch_progress
 from finetune_operator.reconcile import Decision, Observed, reconcile
 from finetune_operator.redact import redact
 from finetune_operator.scheduling import pod_group_manifest
-from finetune_operator.serving import serving_name
-from finetune_operator.spec import RunPolicy
 from finetune_operator.startup import Rejection
 
 log = logging.getLogger("finetune_operator.controller")
@@ -66,51 +67,41 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 class Controller:
     kube: Kube
     metrics: Metrics
-    settings: m.PodSettings
+    settings: PodSettings
     progress_timeout: float = 2.0
     # Creates the API server refused, per job, handed to the next cycle's reconcile.
     rejections: dict[tuple[str, str], list[Rejection]] = field(default_factory=dict)
 
-    def observe(self, job: dict[str, Any]) -> Observed:
-        meta, spec = job.get("metadata") or {}, job.get("spec") or {}
-        namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
-        ref = m.JobRef(name, namespace, uid)
-        pods = self.kube.list_pods(namespace, name, uid)
-        existing = (
-            (spec.get("storage") or {}).get("existingClaim") if isinstance(spec, dict) else None
-        )
-        claim = existing if isinstance(existing, str) and existing else m.pvc_name(ref)
-        status = job.get("status") or {}
+    def observe(self, job: dict[str, Any], parsed: ParsedJob | None = None) -> Observed:
+        """Read the job's children (and rank 0's progress) as `reconcile` needs them."""
+        parsed = parsed if parsed is not None else parse_job(job)
+        ref, status = parsed.ref, job.get("status") or {}
+        namespace = ref.namespace
+        pods = self.kube.list_pods(namespace, ref.name, ref.uid)
         progress = None
         if status.get("phase") in (s.CREATED, s.RUNNING, s.RESTARTING):
-            url = s.progress_url(pods, int(status.get("attempt") or 0))
+            url = pf.progress_url(pods, int(status.get("attempt") or 0))
             if url is not None:
                 progress = fetch_progress(url, timeout=self.progress_timeout)
         serving, serving_service = None, None
-        serves = isinstance(spec, dict) and spec.get("serve") or status.get("serving")
-        if status.get("phase") == s.SUCCEEDED and serves:
-            name_ = serving_name(ref)
-            serving = self.kube.get_child("Deployment", namespace, name_)
-            serving_service = self.kube.get_child("Service", namespace, name_)
+        if status.get("phase") == s.SUCCEEDED and (parsed.serve_requested or status.get("serving")):
+            serving = self.kube.get_child("Deployment", namespace, names.serving_name(ref))
+            serving_service = self.kube.get_child("Service", namespace, names.serving_name(ref))
         return Observed(
             serving=serving,
             serving_service=serving_service,
             pods=pods,
-            config_map=self.kube.get_child("ConfigMap", namespace, m.config_map_name(ref)),
-            service=self.kube.get_child("Service", namespace, m.service_name(ref)),
-            claim=self.kube.get_child("PersistentVolumeClaim", namespace, claim),
+            config_map=self.kube.get_child("ConfigMap", namespace, names.config_map_name(ref)),
+            service=self.kube.get_child("Service", namespace, names.service_name(ref)),
+            claim=self.kube.get_child("PersistentVolumeClaim", namespace, parsed.claim_name),
             progress=progress,
-            pod_group=self._pod_group(ref, spec),
-            rejections=self.rejections.pop((namespace, name), []),
+            pod_group=self._pod_group(parsed),
+            rejections=self.rejections.pop((namespace, ref.name), []),
             logs=self._failed_logs(namespace, pods, status),
         )
 
-    def _pod_group(self, ref: m.JobRef, spec: Any) -> dict[str, Any] | None:
-        raw = spec.get("runPolicy") if isinstance(spec, dict) else None
-        try:
-            policy = RunPolicy.model_validate(raw or {}).scheduling_policy
-        except Exception:  # noqa: BLE001 - an invalid spec is reported by reconcile
-            return None
+    def _pod_group(self, parsed: ParsedJob) -> dict[str, Any] | None:
+        ref, policy = parsed.ref, parsed.run_policy.scheduling_policy
         wanted = pod_group_manifest(ref.name, ref.namespace, 1, policy, {})
         if wanted is None:
             return None
@@ -126,8 +117,8 @@ class Controller:
         attempt = int(status.get("attempt") or 0)
         logs = {}
         for pod in pods:
-            if s.pod_attempt(pod) == attempt and s.pod_phase(pod) == s.FAILED:
-                name = s.pod_name(pod)
+            if pf.attempt_of(pod) == attempt and pf.phase_of(pod) == s.FAILED:
+                name = pf.name_of(pod)
                 try:
                     text = self.kube.pod_log(
                         namespace, name, log_container(pod), LOG_LINES, LOG_BYTES
@@ -150,7 +141,9 @@ class Controller:
                 job = self.kube.get_job(namespace, name)
                 if job is None:
                     return True
-                decision = reconcile(job, self.observe(job), datetime.now(UTC), self.settings)
+                parsed = parse_job(job)  # once per cycle, for observe and reconcile
+                observed = self.observe(job, parsed)
+                decision = reconcile(job, observed, datetime.now(UTC), self.settings, parsed)
                 # Metrics first: once the status patch is visible, the metrics agree with it
                 # (a conflicting cycle is decided again and overwrites them).
                 self.metrics.observe(

@@ -1,8 +1,9 @@
 """One reconcile pass's scratch state and outcome: what was observed, what to do.
 
-`reconcile.reconcile` builds a `Cycle` from the job, the observed children and the time;
-the helpers that decide (reconcile, gang_health) write into it; `Cycle.finish` returns the
-`Decision` the kopf shell acts on. Also the terminal transitions every path shares.
+`reconcile.reconcile` builds a `Cycle` from the job's identity and status, the observed
+children and the time; the helpers that decide (reconcile, situations, gang, gang_health)
+write into it; `Cycle.finish` validates the status against the status model and returns
+the `Decision` the kopf shell acts on. Also the terminal transitions every path shares.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from finetune_operator import manifests as m
+from finetune_operator import pod_facts as pf
 from finetune_operator import startup as st
 from finetune_operator import status as s
+from finetune_operator.jobref import JobRef
 from finetune_operator.redact import redact
-from finetune_operator.spec import RunPolicy
+from finetune_operator.spec.run_policy import RunPolicy
+from finetune_operator.status_model import check_status
 
 INVALID_SPEC = "InvalidSpec"
 PERMANENT_FAILURE = "PermanentFailure"
@@ -68,12 +71,13 @@ class Decision:
 class Cycle:
     """Mutable scratch state for one reconcile pass."""
 
-    def __init__(self, job: dict[str, Any], observed: Observed, now: datetime) -> None:
-        self.job = job
-        self.ref = m.JobRef.from_body(job)
+    def __init__(
+        self, ref: JobRef, old_status: dict[str, Any] | None, observed: Observed, now: datetime
+    ) -> None:
+        self.ref = ref
         self.observed = observed
         self.now = now
-        self.old = copy.deepcopy(job.get("status") or {})
+        self.old = copy.deepcopy(old_status or {})
         self.status: dict[str, Any] = copy.deepcopy(self.old)
         self.decision = Decision(status=self.status)
         self.conditions: list[dict[str, Any]] = list(self.status.get("conditions") or [])
@@ -96,14 +100,14 @@ class Cycle:
         self.decision.events.append(Event(type_, reason, redact(message)))
 
     def delete_pod(self, pod: dict[str, Any]) -> None:
-        ref = ChildRef("Pod", s.pod_name(pod))
-        if not s.terminating(pod) and ref not in self.decision.delete:
+        ref = ChildRef("Pod", pf.name_of(pod))
+        if not pf.is_terminating(pod) and ref not in self.decision.delete:
             self.decision.delete.append(ref)
 
     def retire_pod(self, pod: dict[str, Any]) -> None:
         """Delete a pod of a replaced gang; force it once its grace period is long over."""
-        if s.termination_overdue(pod, self.now):
-            ref = ChildRef("Pod", s.pod_name(pod))
+        if pf.termination_overdue(pod, self.now):
+            ref = ChildRef("Pod", pf.name_of(pod))
             if ref not in self.decision.force_delete:
                 self.decision.force_delete.append(ref)
         else:
@@ -114,6 +118,7 @@ class Cycle:
         if phase in s.PHASES:
             self.conditions = s.kstatus_conditions(self.conditions, phase, self.now)
         self.status["conditions"] = self.conditions
+        check_status(self.status)  # what the CRD declares, or the apiserver would prune it
         return self.decision
 
 
@@ -126,7 +131,7 @@ def elapsed(since: datetime, now: datetime) -> float:
 def clean_pods(cy: Cycle, policy: RunPolicy) -> None:
     for pod in cy.observed.pods:
         if policy.clean_pod_policy == "All" or (
-            policy.clean_pod_policy == "Running" and s.pod_phase(pod) not in TERMINAL
+            policy.clean_pod_policy == "Running" and pf.phase_of(pod) not in TERMINAL
         ):
             cy.delete_pod(pod)
 

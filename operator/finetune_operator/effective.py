@@ -17,7 +17,8 @@ import posixpath
 from typing import Any
 
 from finetune_operator import constants as c
-from finetune_operator.spec import FineTuneJobSpec, SpecError, SpecIssue
+from finetune_operator.spec.errors import SpecError, SpecIssue
+from finetune_operator.spec.job import FineTuneJobSpec
 
 
 def s3_relative(uri: str, path: str) -> str | None:
@@ -81,13 +82,16 @@ def rewrite(config: dict[str, Any], spec: FineTuneJobSpec) -> dict[str, Any]:
     return out
 
 
-def effective_config_yaml(config: Any, spec: FineTuneJobSpec, source: str) -> str:
-    """Rewrite a validated FineTuneConfig for the pod, re-validate it, return its YAML."""
-    from finetune_runtime.config import parse_config
-    from finetune_runtime.errors import ConfigError
+def effective_config_yaml(config: Any, spec: FineTuneJobSpec) -> str:
+    """The YAML a worker pod runs: the validated FineTuneConfig with pod paths.
 
+    The rewrite only replaces paths inside the already-validated config (typed copies, no
+    second parse); a test checks that the result parses back to itself.
+    """
     data = rewrite(config.model_dump(mode="json"), spec)
-    try:
-        return str(parse_config(data, source=source).to_yaml())
-    except ConfigError as exc:  # a rewrite must never produce an invalid config
-        raise SpecError([SpecIssue("spec.config", str(exc))]) from None
+    datasets = [
+        ds.model_copy(update={"path": new["path"]})
+        for ds, new in zip(config.datasets, data["datasets"], strict=True)
+    ]
+    paths = {key: data[key] for key in ("output_dir", "base_model", "tokenizer")}
+    return str(config.model_copy(update={**paths, "datasets": datasets}).to_yaml())

@@ -18,7 +18,7 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from finetune_operator import constants as c
-from finetune_operator.manifests import event
+from finetune_operator.manifests import build_event
 
 log = logging.getLogger("finetune_operator.kube")
 
@@ -209,7 +209,7 @@ class Kube:
 
     # ------------------------------------------------------------------------------ events
     def post_event(self, job: Json, type_: str, reason: str, message: str, now: datetime) -> None:
-        body = event(job, type_, reason, message, now, suffix=secrets.token_hex(8))
+        body = build_event(job, type_, reason, message, now, suffix=secrets.token_hex(8))
         self._json(self.core.create_namespaced_event, body["metadata"]["namespace"], body)
 
 

@@ -42,6 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the FineTuneJob controller against the cluster the kubeconfig "
         "(or the in-cluster service account) points at.",
     )
+    _scope_arguments(p)
+    _server_arguments(p)
+    _worker_arguments(p)
+    _leader_arguments(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    return p
+
+
+def _scope_arguments(p: argparse.ArgumentParser) -> None:
+    """Which namespaces the controller watches."""
     scope = p.add_mutually_exclusive_group()
     scope.add_argument(
         "-n",
@@ -54,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument(
         "-A", "--all-namespaces", action="store_true", help="Watch all namespaces (default)."
     )
+
+
+def _server_arguments(p: argparse.ArgumentParser) -> None:
+    """Metrics and health endpoints."""
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port (0: off).")
     p.add_argument("--health-port", type=int, default=8081, help="Liveness /healthz port (0: off).")
     p.add_argument(
@@ -61,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("FINETUNE_OPERATOR_BIND_ADDRESS", "0.0.0.0"),
         help="Address for the metrics and health servers.",
     )
+
+
+def _worker_arguments(p: argparse.ArgumentParser) -> None:
+    """What shapes the worker pods and the reconcile loop."""
     p.add_argument(
         "--default-image",
         default=os.environ.get("FINETUNE_OPERATOR_IMAGE", handlers.OperatorConfig.default_image),
@@ -90,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="fsGroup of worker pods so the non-root trainer can write the checkpoint volume "
         "('none': leave it to the platform, e.g. OpenShift's restricted SCC).",
     )
+
+
+def _leader_arguments(p: argparse.ArgumentParser) -> None:
+    """Leader election between replicas."""
     p.add_argument(
         "--leader-elect",
         action="store_true",
@@ -109,8 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=15.0,
         help="How long a standby waits after the leader's last renewal before taking over.",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

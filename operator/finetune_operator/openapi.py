@@ -79,47 +79,12 @@ def to_structural(
 
 def _convert(node: Schema, defs: dict[str, Schema], seen: tuple[str, ...], keep: bool) -> Schema:
     node = _resolve(node, defs, seen)
-    description = node.get("description")
-
     if node.get("x-kubernetes-int-or-string"):
-        out: Schema = {"x-kubernetes-int-or-string": True}
-        if isinstance(node.get("anyOf"), list):
-            out["anyOf"] = [{"type": m["type"]} for m in node["anyOf"]]
-        if description:
-            out["description"] = description
-        if "pattern" in node:
-            out["pattern"] = node["pattern"]
-        return out
-
+        return _int_or_string(node)
     union = node.get("anyOf") or node.get("oneOf")
     if union:
-        members = [_resolve(m, defs, seen) for m in union]
-        nullable = any(_is_null(m) for m in members)
-        rest = [m for m in members if not _is_null(m)]
-        if len(rest) == 1:
-            out = _convert({**rest[0], **_outer(node)}, defs, seen, keep)
-        elif _is_int_or_string(rest):
-            out = {
-                "x-kubernetes-int-or-string": True,
-                "anyOf": [{"type": "integer"}, {"type": "string"}],
-            }
-        elif all(m.get("type") in ("integer", "number") for m in rest):
-            out = {"type": "number"}
-        else:
-            out = {"x-kubernetes-preserve-unknown-fields": True}
-            objects = [m for m in rest if m.get("type") == "object" and m.get("properties")]
-            if len(objects) == 1:  # e.g. `dict | str`: still describe the object form
-                obj = _convert(objects[0], defs, seen, True)
-                for key in ("properties", "required"):
-                    if key in obj:
-                        out[key] = obj[key]
-        if nullable:
-            out["nullable"] = True
-        if description and "description" not in out:
-            out["description"] = description
-        return _ordered(out)
-
-    out = {}
+        return _union(node, union, defs, seen, keep)
+    out: Schema = {}
     for key, value in node.items():
         if key == "const":
             out["enum"] = [value]
@@ -142,6 +107,56 @@ def _convert(node: Schema, defs: dict[str, Schema], seen: tuple[str, ...], keep:
             out[key] = True
         else:
             out[key] = value
+    return _ordered(_open_ends(node, out, keep))
+
+
+def _int_or_string(node: Schema) -> Schema:
+    """A quantity-like field: integer or string, kept as `x-kubernetes-int-or-string`."""
+    out: Schema = {"x-kubernetes-int-or-string": True}
+    if isinstance(node.get("anyOf"), list):
+        out["anyOf"] = [{"type": m["type"]} for m in node["anyOf"]]
+    if node.get("description"):
+        out["description"] = node["description"]
+    if "pattern" in node:
+        out["pattern"] = node["pattern"]
+    return out
+
+
+def _union(
+    node: Schema, union: list[Schema], defs: dict[str, Schema], seen: tuple[str, ...], keep: bool
+) -> Schema:
+    """`X | None` -> nullable X; int | str -> int-or-string; numbers -> number; any other
+    union -> preserve-unknown (describing its one object form, if it has one)."""
+    members = [_resolve(m, defs, seen) for m in union]
+    nullable = any(_is_null(m) for m in members)
+    rest = [m for m in members if not _is_null(m)]
+    if len(rest) == 1:
+        out = _convert({**rest[0], **_outer(node)}, defs, seen, keep)
+    elif _is_int_or_string(rest):
+        out = {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+        }
+    elif all(m.get("type") in ("integer", "number") for m in rest):
+        out = {"type": "number"}
+    else:
+        out = {"x-kubernetes-preserve-unknown-fields": True}
+        objects = [m for m in rest if m.get("type") == "object" and m.get("properties")]
+        if len(objects) == 1:  # e.g. `dict | str`: still describe the object form
+            obj = _convert(objects[0], defs, seen, True)
+            for key in ("properties", "required"):
+                if key in obj:
+                    out[key] = obj[key]
+    if nullable:
+        out["nullable"] = True
+    if node.get("description") and "description" not in out:
+        out["description"] = node["description"]
+    return _ordered(out)
+
+
+def _open_ends(node: Schema, out: Schema, keep: bool) -> Schema:
+    """Where unknown keys survive: free-form maps, untyped (Any) nodes, and (with `keep`)
+    every object; an empty `required` is dropped."""
     if node.get("type") == "object" and "properties" in out:
         out.pop("additionalProperties", None)
         if keep:
@@ -156,7 +171,7 @@ def _convert(node: Schema, defs: dict[str, Schema], seen: tuple[str, ...], keep:
         out["x-kubernetes-preserve-unknown-fields"] = True  # Any: the operator validates it
     if out.get("required") == []:
         out.pop("required")
-    return _ordered(out)
+    return out
 
 
 def _outer(node: Schema) -> Schema:

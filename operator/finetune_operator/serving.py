@@ -24,8 +24,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_operator import constants as c
-from finetune_operator import manifests as m
-from finetune_operator.spec import FineTuneJobSpec, S3Source, ServeSpec
+from finetune_operator import names
+from finetune_operator.jobref import JobRef
+from finetune_operator.pod_parts import (
+    PodSettings,
+    build_fetch_container,
+    child_metadata,
+    config_volume,
+    container_security,
+    labels,
+    pod_security,
+)
+from finetune_operator.spec.job import FineTuneJobSpec
+from finetune_operator.spec.serve import ServeSpec
+from finetune_operator.spec.storage import S3Source
 
 COMPONENT = "serving"
 CONTAINER = "serve"
@@ -34,15 +46,11 @@ ANNOTATION_OUTPUTS_HASH = f"{c.GROUP}/outputs-hash"
 API_KEY_ENV = "FINETUNE_SERVE_API_KEY"
 
 
-def serving_name(job: m.JobRef) -> str:
-    return f"{job.name}-serve"
-
-
-def selector(job: m.JobRef) -> dict[str, str]:
+def selector(job: JobRef) -> dict[str, str]:
     return {c.LABEL_JOB: job.name, c.LABEL_COMPONENT: COMPONENT}
 
 
-def model_name(job: m.JobRef, serve: ServeSpec) -> str:
+def model_name(job: JobRef, serve: ServeSpec) -> str:
     return serve.served_model_name or job.name
 
 
@@ -67,7 +75,7 @@ def _merged_source(spec: FineTuneJobSpec, status: dict[str, Any]) -> S3Source | 
     return out.model_copy(update={"uri": uri.rstrip("/")})  # endpoint, region, credentials
 
 
-def _serve_command(job: m.JobRef, serve: ServeSpec, merged: S3Source | None) -> list[str]:
+def _serve_command(job: JobRef, serve: ServeSpec, merged: S3Source | None) -> list[str]:
     target = SERVE_DIR if merged is not None else c.CONFIG_PATH
     command = ["finetune", "serve", target, "--host", "0.0.0.0", "--port", str(serve.port)]
     command += ["--served-model-name", model_name(job, serve)]
@@ -96,7 +104,7 @@ def _probe(path: str, serve: ServeSpec, period: int, failures: int) -> dict[str,
 
 
 def _storage(
-    job: m.JobRef, spec: FineTuneJobSpec, image: str, merged: S3Source | None
+    job: JobRef, spec: FineTuneJobSpec, image: str, merged: S3Source | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(mounts, volumes, init containers): the merged model fetched from S3, or the
     checkpoint volume (read-only) with the effective config and the base model it names."""
@@ -104,35 +112,29 @@ def _storage(
     volumes: list[dict[str, Any]] = [{"name": "data", "emptyDir": {}}]
     init = []
     if merged is not None:
-        init.append(m.fetch_container("fetch-merged", image, merged, SERVE_DIR))
+        init.append(build_fetch_container("fetch-merged", image, merged, SERVE_DIR))
     else:
         mounts += [
             {"name": "config", "mountPath": c.CONFIG_DIR, "readOnly": True},
             {"name": "checkpoints", "mountPath": c.CHECKPOINT_DIR, "readOnly": True},
         ]
         volumes += [
-            {
-                "name": "config",
-                "configMap": {
-                    "name": m.config_map_name(job),
-                    "items": [{"key": c.CONFIG_KEY, "path": c.CONFIG_KEY}],
-                },
-            },
+            config_volume(job),
             {
                 "name": "checkpoints",
                 "persistentVolumeClaim": {
-                    "claimName": m.claim_name(job, spec),
+                    "claimName": names.claim_name(job, spec),
                     "readOnly": True,
                 },
             },
         ]
         if spec.model is not None:  # the base model the adapter sits on
-            init.append(m.fetch_container("fetch-model", image, spec.model, c.MODEL_DIR))
+            init.append(build_fetch_container("fetch-model", image, spec.model, c.MODEL_DIR))
     return mounts, volumes, init
 
 
 def _pod_spec(
-    job: m.JobRef, spec: FineTuneJobSpec, status: dict[str, Any], settings: m.PodSettings
+    job: JobRef, spec: FineTuneJobSpec, status: dict[str, Any], settings: PodSettings
 ) -> dict[str, Any]:
     serve = spec.serve
     assert serve is not None
@@ -158,7 +160,7 @@ def _pod_spec(
         "livenessProbe": _probe("/healthz", serve, period=10, failures=6),
         "startupProbe": _probe("/healthz", serve, period=5, failures=60),
         "volumeMounts": mounts,
-        "securityContext": m._container_security(),
+        "securityContext": container_security(),
     }
     resources = _resources(serve)
     if resources:
@@ -169,7 +171,7 @@ def _pod_spec(
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         # Locked down like the workers, without naming a UID a restricted policy may forbid.
-        "securityContext": m._pod_security(settings),
+        "securityContext": pod_security(settings),
         "containers": [container],
         "volumes": volumes,
     }
@@ -185,21 +187,20 @@ def _pod_spec(
 
 
 def build_serving_deployment(
-    job: m.JobRef, spec: FineTuneJobSpec, status: dict[str, Any], settings: m.PodSettings
+    job: JobRef, spec: FineTuneJobSpec, status: dict[str, Any], settings: PodSettings
 ) -> dict[str, Any]:
     """The `finetune serve` replicas of a succeeded job (spec.serve must be set)."""
     assert spec.serve is not None
-    labels = m.labels(job, COMPONENT)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": m._metadata(job, serving_name(job), COMPONENT),
+        "metadata": child_metadata(job, names.serving_name(job), COMPONENT),
         "spec": {
             "replicas": spec.serve.replicas,
             "selector": {"matchLabels": selector(job)},
             "template": {
                 "metadata": {
-                    "labels": labels,
+                    "labels": labels(job, COMPONENT),
                     "annotations": {ANNOTATION_OUTPUTS_HASH: outputs_hash(spec, status)},
                 },
                 "spec": _pod_spec(job, spec, status, settings),
@@ -208,14 +209,14 @@ def build_serving_deployment(
     }
 
 
-def build_serving_service(job: m.JobRef, spec: FineTuneJobSpec) -> dict[str, Any]:
+def build_serving_service(job: JobRef, spec: FineTuneJobSpec) -> dict[str, Any]:
     """Load-balances the API across the ready replicas."""
     assert spec.serve is not None
     port = spec.serve.port
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": m._metadata(job, serving_name(job), COMPONENT),
+        "metadata": child_metadata(job, names.serving_name(job), COMPONENT),
         "spec": {
             "type": spec.serve.service_type,
             "selector": selector(job),
@@ -224,9 +225,9 @@ def build_serving_service(job: m.JobRef, spec: FineTuneJobSpec) -> dict[str, Any
     }
 
 
-def endpoint(job: m.JobRef, spec: FineTuneJobSpec) -> str:
+def endpoint(job: JobRef, spec: FineTuneJobSpec) -> str:
     assert spec.serve is not None
-    return f"http://{serving_name(job)}.{job.namespace}.svc:{spec.serve.port}/v1"
+    return f"http://{names.serving_name(job)}.{job.namespace}.svc:{spec.serve.port}/v1"
 
 
 @dataclass
@@ -237,12 +238,12 @@ class ServingDecision:
 
 
 def decide(
-    job: m.JobRef,
+    job: JobRef,
     spec: FineTuneJobSpec,
     status: dict[str, Any],
     deployment: dict[str, Any] | None,
     service: dict[str, Any] | None,
-    settings: m.PodSettings,
+    settings: PodSettings,
 ) -> ServingDecision:
     """For a Succeeded job with spec.serve: create what is missing, update a Deployment
     whose template no longer matches (new outputs, edited serve spec), report status.

@@ -8,7 +8,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from finetune_operator import constants as c
 from finetune_runtime.progress.document import ProgressDocument, format_eta
 
 PENDING = "Pending"
@@ -132,98 +131,6 @@ def outputs_status(output: Any, adapter: str) -> dict[str, str] | None:
     if output.merge:
         out["merged"] = f"{base}/merged/"
     return out
-
-
-# ------------------------------------------------------------------------------- pod facts
-
-
-def pod_attempt(pod: dict[str, Any]) -> int:
-    try:
-        return int(((pod.get("metadata") or {}).get("labels") or {}).get(c.LABEL_ATTEMPT, 0))
-    except (TypeError, ValueError):
-        return 0
-
-
-def pod_rank(pod: dict[str, Any]) -> int:
-    try:
-        return int(((pod.get("metadata") or {}).get("labels") or {}).get(c.LABEL_RANK, -1))
-    except (TypeError, ValueError):
-        return -1
-
-
-def pod_name(pod: dict[str, Any]) -> str:
-    return str((pod.get("metadata") or {}).get("name", ""))
-
-
-def pod_spec_hash(pod: dict[str, Any]) -> str | None:
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(c.ANNOTATION_SPEC_HASH)
-    return str(value) if value is not None else None
-
-
-def terminating(pod: dict[str, Any]) -> bool:
-    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
-
-
-# How long past its deletionTimestamp (deletion time + grace period) a pod may linger
-# before the operator force-deletes it: the kubelet has had the whole grace period.
-FORCE_DELETE_AFTER_SECONDS = 30
-
-
-def termination_overdue(pod: dict[str, Any], now: datetime) -> bool:
-    """A terminating pod whose grace period ended FORCE_DELETE_AFTER_SECONDS ago (e.g. its
-    node is gone, so no kubelet will ever confirm the deletion)."""
-    deadline = parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
-    if deadline is None:
-        return False
-    return (now - deadline).total_seconds() >= FORCE_DELETE_AFTER_SECONDS
-
-
-def pod_phase(pod: dict[str, Any]) -> str:
-    return str((pod.get("status") or {}).get("phase") or "Pending")
-
-
-def describe_failure(pod: dict[str, Any]) -> str:
-    """Why a worker failed, from its container statuses: exit code, reason, message."""
-    status = pod.get("status") or {}
-    parts = []
-    for cs in status.get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated") or {}
-        if term:
-            text = f"container {cs.get('name')} exited with code {term.get('exitCode')}"
-            if term.get("reason"):
-                text += f" ({term['reason']})"
-            parts.append(text)
-    if status.get("reason"):
-        parts.append(str(status["reason"]))
-    if status.get("message"):
-        parts.append(str(status["message"])[:200])
-    return f"worker {pod_name(pod)} failed" + (": " + "; ".join(parts) if parts else "")
-
-
-def pod_env(pod: dict[str, Any], name: str) -> str | None:
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        if container.get("name") != c.TRAINER_CONTAINER:
-            continue
-        for item in container.get("env") or []:
-            if item.get("name") == name and "value" in item:
-                return str(item["value"])
-    return None
-
-
-def progress_url(pods: list[dict[str, Any]], attempt: int) -> str | None:
-    """Rank 0's progress endpoint for `attempt`, if that pod is running and has an IP."""
-    from finetune_runtime.progress.document import PROGRESS_PATH
-
-    for pod in pods:
-        if pod_attempt(pod) != attempt or pod_rank(pod) != 0 or terminating(pod):
-            continue
-        ip = (pod.get("status") or {}).get("podIP")
-        port = pod_env(pod, "FINETUNE_PROGRESS_PORT")
-        if pod_phase(pod) == RUNNING and ip and port:
-            host = f"[{ip}]" if ":" in ip else ip
-            return f"http://{host}:{port}{PROGRESS_PATH}"
-    return None
 
 
 # -------------------------------------------------------------------------------- progress

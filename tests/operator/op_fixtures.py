@@ -121,7 +121,7 @@ def pod(
 ) -> dict[str, Any]:
     """A worker pod exactly as the operator builds it, with a kubelet-set status."""
     spec = parse_spec(body["spec"])
-    out = m.worker_pod(ref(body), spec, attempt, rank, SETTINGS)
+    out = m.build_worker_pod(ref(body), spec, attempt, rank, SETTINGS)
     out["status"] = {"phase": phase}
     if ip:
         out["status"]["podIP"] = ip

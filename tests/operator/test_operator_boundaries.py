@@ -19,6 +19,7 @@ RUNTIME_ALLOWED = {
     "finetune_runtime",
     "finetune_runtime.config",
     "finetune_runtime.errors",
+    "finetune_runtime.progress",  # the (empty) package around progress.document
     "finetune_runtime.progress.document",
     # private helpers that finetune_runtime.config itself imports
     "finetune_runtime.config.axolotl",

@@ -11,11 +11,13 @@ import jsonschema
 import kubernetes_validate
 import pytest
 from op_fixtures import DOC, FULL_SPEC, gang, job, observed, pod, run
+from pydantic import ValidationError
 
 from finetune_operator import crd
 from finetune_operator.openapi import pruned_fields, structural_problems, to_structural
 from finetune_operator.reconcile import Observed
 from finetune_operator.status import PHASES
+from finetune_operator.status_model import check_status
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "finetunejob.yaml"
@@ -201,6 +203,23 @@ def test_every_status_the_reconciler_writes_is_kept_by_the_schema(generated):
         assert pruned_fields(status, status_schema) == [], status
         phases.add(status["phase"])
     assert phases == set(PHASES)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        {"phase": "Running", "attemptt": 1},  # a key the CRD does not declare: pruned
+        {"phase": "Runing"},
+        {"progress": {"step": "ten"}},
+        {"conditions": [{"type": "Ready"}]},  # status is required
+        {"startTime": "yesterday"},
+    ],
+)
+def test_a_status_outside_the_model_fails_the_cycle_not_silently(status):
+    """Cycle.finish validates each decided status against the model the CRD is made of,
+    so a field the apiserver would prune is a test failure, not lost data."""
+    with pytest.raises(ValidationError):
+        check_status(status)
 
 
 def test_structural_conversion_rules():

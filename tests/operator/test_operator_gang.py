@@ -83,7 +83,7 @@ def test_kueue_queue_label_makes_each_gang_one_pod_group():
 
 def test_kueue_pod_group_is_per_attempt():
     body = kueue_job()
-    worker = m.worker_pod(ref(body), parse_spec(body["spec"]), 3, 0, SETTINGS, queue="team-a")
+    worker = m.build_worker_pod(ref(body), parse_spec(body["spec"]), 3, 0, SETTINGS, queue="team-a")
     assert worker["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] == "llama-a3"
 
 
@@ -170,13 +170,13 @@ def test_podgroup_is_created_first_owned_and_valid(scheduler, api_version, sched
 
 def test_podgroup_min_member_defaults_to_the_gang():
     body = job({"nodes": 3, "runPolicy": {"schedulingPolicy": {"scheduler": "coscheduling"}}})
-    group = m.pod_group(ref(body), parse_spec(body["spec"]))
+    group = m.build_pod_group(ref(body), parse_spec(body["spec"]))
     assert group is not None and group["spec"]["minMember"] == 3
 
 
 def test_podgroup_schema_check_catches_a_wrong_field():
     body = job({"nodes": 2, "runPolicy": {"schedulingPolicy": {"scheduler": "coscheduling"}}})
-    group = m.pod_group(ref(body), parse_spec(body["spec"]))
+    group = m.build_pod_group(ref(body), parse_spec(body["spec"]))
     assert group is not None
     group["spec"]["minMember"] = "two"
     with pytest.raises(jsonschema.ValidationError):

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from op_fixtures import after, condition, created_pods, deleted_pods, job, later, observed, pod, run
 
+from finetune_operator.pod_facts import FORCE_DELETE_AFTER_SECONDS
 from finetune_operator.reconcile import ChildRef, Observed
-from finetune_operator.status import FORCE_DELETE_AFTER_SECONDS
 
 
 def running(spec: dict | None = None) -> tuple[dict, list[dict]]:

@@ -48,7 +48,7 @@ from kubeharness.operator_process import Identity, OperatorProcess
 from kubeharness.pod_run import PodNotReady
 from kubeharness.watch import PodEvent, PodWatch
 
-from finetune_operator.status import FORCE_DELETE_AFTER_SECONDS
+from finetune_operator.pod_facts import FORCE_DELETE_AFTER_SECONDS
 
 pytestmark = pytest.mark.slow
 

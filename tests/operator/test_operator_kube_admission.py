@@ -71,7 +71,7 @@ def test_podgroup_kube_accepted_by_the_published_crd(cluster, kube_namespace, sc
             cluster.post("apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
     policy = {"scheduler": scheduler, "minAvailable": 2, "priorityClass": "p"}
     body = job({"nodes": 2, "runPolicy": {"schedulingPolicy": policy}}, namespace=kube_namespace)
-    group = m.pod_group(ref(body), parse_spec(body["spec"]))
+    group = m.build_pod_group(ref(body), parse_spec(body["spec"]))
     assert group is not None
     group["metadata"].pop("ownerReferences")  # no such job object exists here
     group_api = group["apiVersion"]

@@ -56,7 +56,7 @@ def test_every_child_is_owned_by_the_job(name):
 
 
 def test_a_broken_manifest_is_rejected_by_the_validator():
-    pod = m.worker_pod(ref(job()), parse_spec(job()["spec"]), 1, 0, SETTINGS)
+    pod = m.build_worker_pod(ref(job()), parse_spec(job()["spec"]), 1, 0, SETTINGS)
     pod["spec"]["containers"][0]["ports"][0]["containerPort"] = "not-a-port"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
@@ -64,7 +64,7 @@ def test_a_broken_manifest_is_rejected_by_the_validator():
 
 def worker(spec: dict, rank: int = 0, attempt: int = 1) -> dict:
     body = job(spec)
-    return m.worker_pod(ref(body), parse_spec(body["spec"]), attempt, rank, SETTINGS)
+    return m.build_worker_pod(ref(body), parse_spec(body["spec"]), attempt, rank, SETTINGS)
 
 
 def env_of(container: dict) -> dict:
@@ -185,7 +185,7 @@ def test_default_image_comes_from_the_operator():
 
 
 def test_headless_service_for_rendezvous():
-    service = m.service(ref(job()), 9400)
+    service = m.build_service(ref(job()), 9400)
     assert service["metadata"]["name"] == "llama"
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["publishNotReadyAddresses"] is True
@@ -207,7 +207,7 @@ def test_headless_service_for_rendezvous():
 )
 def test_checkpoint_pvc(storage, nodes, expected):
     body = job({"storage": storage, "nodes": nodes})
-    pvc = m.pvc(ref(body), parse_spec(body["spec"]))
+    pvc = m.build_pvc(ref(body), parse_spec(body["spec"]))
     assert pvc["metadata"]["name"] == "llama-checkpoints"
     assert pvc["spec"]["accessModes"] == expected[0]
     assert pvc["spec"]["resources"]["requests"]["storage"] == expected[1]
@@ -215,7 +215,7 @@ def test_checkpoint_pvc(storage, nodes, expected):
 
 
 def test_config_map_holds_the_effective_config():
-    config_map = m.config_map(ref(job()), "base_model: x\n")
+    config_map = m.build_config_map(ref(job()), "base_model: x\n")
     assert config_map["metadata"]["name"] == "llama-config"
     assert config_map["data"] == {"config.yaml": "base_model: x\n"}
 
@@ -223,7 +223,9 @@ def test_config_map_holds_the_effective_config():
 def test_events_are_valid_and_point_at_the_job():
     from op_fixtures import NOW
 
-    body = m.event(job(), "Warning", "Restarting", "worker 1 failed " + "x" * 2000, NOW, "ab12")
+    body = m.build_event(
+        job(), "Warning", "Restarting", "worker 1 failed " + "x" * 2000, NOW, "ab12"
+    )
     kubernetes_validate.validate(body, K8S_VERSION, strict=True)
     assert body["metadata"] == {"name": "llama.ab12", "namespace": "ml"}
     assert body["involvedObject"]["uid"] == "uid-llama"

@@ -27,7 +27,7 @@ OUTPUT = {
 
 def trainer_env(spec: dict[str, Any], rank: int = 0) -> list[dict[str, Any]]:
     body = job(spec)
-    pod = m.worker_pod(ref(body), parse_spec(body["spec"]), 1, rank, SETTINGS)
+    pod = m.build_worker_pod(ref(body), parse_spec(body["spec"]), 1, rank, SETTINGS)
     kubernetes_validate.validate(pod, "1.37", strict=True)
     return list(pod["spec"]["containers"][0]["env"])
 

@@ -15,7 +15,7 @@ from finetune_operator.spec import SpecError, parse_spec
 
 def grace(spec: dict[str, Any]) -> int:
     body = job(spec)
-    pod = m.worker_pod(ref(body), parse_spec(body["spec"]), 1, 0, SETTINGS)
+    pod = m.build_worker_pod(ref(body), parse_spec(body["spec"]), 1, 0, SETTINGS)
     kubernetes_validate.validate(pod, "1.37", strict=True)
     return int(pod["spec"]["terminationGracePeriodSeconds"])
 

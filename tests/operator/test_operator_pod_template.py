@@ -34,7 +34,7 @@ TEMPLATE = {
 
 def worker(spec: dict, rank: int = 0) -> dict:
     body = job(spec)
-    return m.worker_pod(ref(body), parse_spec(body["spec"]), 1, rank, SETTINGS, "digest")
+    return m.build_worker_pod(ref(body), parse_spec(body["spec"]), 1, rank, SETTINGS, "digest")
 
 
 def trainer(pod: dict) -> dict:
@@ -91,7 +91,7 @@ def test_pod_template_no_template_no_uid_hard_coded():
     assert "runAsGroup" not in spec["securityContext"]
     body = job({})
     none = m.PodSettings("img", 9400, fs_group=None)
-    pod = m.worker_pod(ref(body), parse_spec(body["spec"]), 1, 0, none)
+    pod = m.build_worker_pod(ref(body), parse_spec(body["spec"]), 1, 0, none)
     assert pod["spec"]["securityContext"] == {
         "runAsNonRoot": True,
         "seccompProfile": {"type": "RuntimeDefault"},

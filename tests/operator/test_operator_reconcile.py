@@ -589,3 +589,41 @@ def test_config_edit_also_refreshes_the_config_map():
     assert "max_steps: 99" in d.update[0]["data"]["config.yaml"]
     assert created_pods(d) == []
     assert len(created_pods(run(after(body, d), observed(body, [])))) == 1
+
+
+# ------------------------------------------------------------------------ parsed once per cycle
+
+
+def _count_config_parses(monkeypatch) -> list[str]:
+    """A spy around the real parse_config (it still parses): one entry per call."""
+    import finetune_runtime.config as config_module
+
+    calls: list[str] = []
+    real = config_module.parse_config
+
+    def spy(*args, **kwargs):
+        calls.append(str(kwargs.get("source")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(config_module, "parse_config", spy)
+    return calls
+
+
+def test_one_cycle_parses_the_training_config_once(monkeypatch):
+    body = running_job({"serve": {"replicas": 1}})
+    seen = observed(body, gang(body, 1, "Succeeded", "Succeeded"))  # (runs a cycle itself)
+    calls = _count_config_parses(monkeypatch)
+    d = run(body, seen)
+    assert d.status["phase"] == "Succeeded"
+    assert "Deployment" in kinds(d)  # the serving replicas were decided in the same cycle
+    assert len(calls) == 1, calls
+
+
+def test_a_finished_job_without_serve_never_parses_its_config(monkeypatch):
+    body = running_job()
+    body = after(body, run(body, observed(body, gang(body, 1, "Succeeded", "Succeeded"))))
+    seen = observed(body, gang(body, 1, "Succeeded", "Succeeded"))
+    calls = _count_config_parses(monkeypatch)
+    d = run(body, seen)
+    assert d.status["phase"] == "Succeeded"
+    assert calls == []

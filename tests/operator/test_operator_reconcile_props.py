@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from op_fixtures import SETTINGS, job, later
 
+from finetune_operator import pod_facts as pf
 from finetune_operator import status as s
 from finetune_operator.reconcile import Observed, reconcile
 
@@ -19,7 +20,7 @@ ACTIONS = st.sampled_from(["run", "succeed", "fail", "vanish", "tick", "suspend"
 
 
 def _pods_of(pods: dict, attempt: int) -> list[dict]:
-    return [p for p in pods.values() if s.pod_attempt(p) == attempt]
+    return [p for p in pods.values() if pf.attempt_of(p) == attempt]
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -43,7 +44,7 @@ def test_gang_invariants_hold_for_any_history(steps, nodes, backoff):
             if made["kind"] == "Pod":
                 assert made["metadata"]["name"] not in pods, "a pod was created twice"
                 # gang_replacement: a new gang starts only once every older pod is gone
-                assert all(s.pod_attempt(p) == s.pod_attempt(made) for p in pods.values())
+                assert all(pf.attempt_of(p) == pf.attempt_of(made) for p in pods.values())
         assert st_.get("phase") in s.PHASES
         assert 0 <= st_.get("restarts", 0) <= backoff
         assert st_.get("attempt", 0) >= seen_attempt, "attempts never go back"
@@ -64,8 +65,8 @@ def test_gang_invariants_hold_for_any_history(steps, nodes, backoff):
                 others[key] = made
         # --- invariants on the resulting cluster
         current = _pods_of(pods, seen_attempt)
-        active = [p for p in pods.values() if s.pod_phase(p) in ("Pending", "Running")]
-        assert all(s.pod_attempt(p) == seen_attempt for p in active), "two gangs at once"
+        active = [p for p in pods.values() if pf.phase_of(p) in ("Pending", "Running")]
+        assert all(pf.attempt_of(p) == seen_attempt for p in active), "two gangs at once"
         assert len(current) <= nodes
         if st_.get("phase") == s.SUSPENDED:
             assert not active
@@ -75,11 +76,11 @@ def test_gang_invariants_hold_for_any_history(steps, nodes, backoff):
                 for c in st_["conditions"]
             )
             # the whole gang, or none of it while the old one terminates (created next cycle)
-            assert sorted(s.pod_rank(p) for p in current) == list(range(nodes)) or (
+            assert sorted(pf.rank_of(p) for p in current) == list(range(nodes)) or (
                 not current and waiting
             )
         # --- a random kubelet / user action
-        targets = sorted(current, key=s.pod_rank)
+        targets = sorted(current, key=pf.rank_of)
         target = targets[index % len(targets)] if targets else None
         if action == "suspend":
             body["spec"]["runPolicy"]["suspend"] = True
@@ -89,5 +90,5 @@ def test_gang_invariants_hold_for_any_history(steps, nodes, backoff):
             pods.pop(target["metadata"]["name"])
         elif target is not None and action != "tick":
             phase = {"run": "Running", "succeed": "Succeeded", "fail": "Failed"}[action]
-            if s.pod_phase(target) in ("Pending", "Running"):
+            if pf.phase_of(target) in ("Pending", "Running"):
                 target["status"] = {"phase": phase, "podIP": "10.1.1.1"}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from op_fixtures import CONFIG, job
 
-from finetune_operator.effective import rewrite, s3_relative
+from finetune_operator.effective import effective_config_yaml, rewrite, s3_relative
 from finetune_operator.spec import SpecError, parse_spec, validate_job
 
 
@@ -226,3 +227,39 @@ def test_dataset_outside_the_fetched_uri_is_an_error():
         rewrite(canonical(datasets=[{"path": "s3://elsewhere/x.jsonl"}]), spec)
     assert "spec.config.datasets[0].path" in str(info.value)
     assert "not under spec.dataset.uri (s3://data/set)" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {},
+        {
+            "config": {
+                "base_model": "meta/llama",
+                "tokenizer": "meta/llama",
+                "datasets": [{"path": "train.jsonl"}],
+                "adapter": "qlora",
+                "load_in_4bit": True,
+            }
+        },
+        {
+            "dataset": {"uri": "s3://data/alpaca"},
+            "model": {"uri": "s3://models/llama"},
+            "config": {
+                "base_model": "s3://models/llama",
+                "tokenizer": "s3://models/llama/tok",
+                "datasets": [{"path": "s3://data/alpaca/a.jsonl"}, {"path": "b/c.jsonl"}],
+                "output_dir": "./out",
+            },
+        },
+    ],
+)
+def test_effective_config_parses_back_to_itself(spec):
+    """The pod's config is the validated config with paths replaced (no second parse in
+    the operator): what the pod parses is exactly what the operator wrote."""
+    from finetune_runtime.config import parse_config
+
+    valid = validate_job(job(spec))
+    text = effective_config_yaml(valid.config, valid.spec)
+    assert parse_config(text).to_yaml() == text
+    assert yaml.safe_load(text)["output_dir"] == "/checkpoints"
