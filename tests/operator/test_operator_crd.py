@@ -88,7 +88,15 @@ def test_config_schema_comes_from_the_runtime_model(generated):
     assert config["x-kubernetes-preserve-unknown-fields"] is True
     assert "type" not in config  # an object or a YAML string
     lora = config["properties"]["lora"]
-    assert lora["properties"]["r"] == {"type": "integer", "exclusiveMinimum": True, "minimum": 0}
+    r = lora["properties"]["r"]
+    assert {k: v for k, v in r.items() if k != "description"} == {
+        "type": "integer",
+        "exclusiveMinimum": True,
+        "minimum": 0,
+    }
+    assert r["description"] == FineTuneConfig.model_fields["lora"].annotation.model_fields[
+        "r"
+    ].description
     assert lora["x-kubernetes-preserve-unknown-fields"] is True  # axolotl keys survive pruning
     assert config["required"] == ["base_model", "datasets"]
     assert {"$ref", "$defs", "title", "default", "const"}.isdisjoint(schema_keywords(config))
