@@ -144,7 +144,10 @@ def test_custom_format_placeholders_are_checked_before_reading(tiny_tokenizer, t
     runs the same check before reading a row, for settings built without the schema."""
     path = jsonl(tmp_path, GOOD_ALPACA)
     for template, words in (
-        ("{instruction} {question}", "datasets[0].prompt_format: unknown placeholder(s) {question}"),
+        (
+            "{instruction} {question}",
+            "datasets[0].prompt_format: unknown placeholder(s) {question}",
+        ),
         ("{instruction", "datasets[0].prompt_format: invalid template"),
     ):
         with pytest.raises(ConfigError) as info:
