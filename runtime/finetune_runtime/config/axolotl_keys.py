@@ -19,11 +19,9 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
-from finetune_runtime.config.base import OptimizerType, SchedulerType, axolotl_key
+from finetune_runtime.config.base import Loc, OptimizerType, SchedulerType, axolotl_key
 from finetune_runtime.config.dataset import DatasetSettings
 from finetune_runtime.config.finetune import FineTuneConfig
-
-Loc = tuple[str | int, ...]
 
 # axolotl top-level keys that steer axolotl's own integrations, hardware tricks or
 # bookkeeping, none of which changes what finetune-operator trains. Named in a warning.

@@ -61,6 +61,8 @@ PROMPT_LEARNING_ADAPTERS = ("prefix_tuning", "prompt_tuning", "p_tuning")
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token")
 
 PositiveInt = Annotated[int, Field(gt=0)]
+# A place in a config: keys and list indices, e.g. ('datasets', 0, 'path').
+Loc = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ maps the location back to the key the user wrote and its line.
 
 from __future__ import annotations
 
+from finetune_runtime.config.base import Loc
 from finetune_runtime.config.dataset import DatasetSettings, template_problems
 from finetune_runtime.config.finetune import FineTuneConfig
 
-Loc = tuple[str | int, ...]
 Rule = tuple[Loc, str]
 
 # Pairs of training settings that say the same thing two ways: give one.

@@ -12,11 +12,10 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ValidationError
 
-from finetune_runtime.config.base import model_in
+from finetune_runtime.config.base import Loc, model_in
 from finetune_runtime.config.finetune import FineTuneConfig
 from finetune_runtime.errors import ConfigIssue
 
-Loc = tuple[str | int, ...]
 Origin = Callable[[Loc], Loc]  # canonical location -> the path the user wrote
 
 
