@@ -81,7 +81,7 @@ def test_printer_columns_point_at_declared_fields(generated):
 
 
 def test_config_schema_comes_from_the_runtime_model(generated):
-    from finetune_runtime.config import FineTuneConfig
+    from finetune_runtime.config import FineTuneConfig, LoraSettings
 
     config = schema_of(generated)["properties"]["spec"]["properties"]["config"]
     assert set(config["properties"]) == set(FineTuneConfig.model_fields)
@@ -94,9 +94,7 @@ def test_config_schema_comes_from_the_runtime_model(generated):
         "exclusiveMinimum": True,
         "minimum": 0,
     }
-    assert r["description"] == FineTuneConfig.model_fields["lora"].annotation.model_fields[
-        "r"
-    ].description
+    assert r["description"] == LoraSettings.model_fields["r"].description
     assert lora["x-kubernetes-preserve-unknown-fields"] is True  # axolotl keys survive pruning
     assert config["required"] == ["base_model", "datasets"]
     assert {"$ref", "$defs", "title", "default", "const"}.isdisjoint(schema_keywords(config))
