@@ -21,9 +21,26 @@ RUNTIME_ALLOWED = {
     "finetune_runtime.errors",
     "finetune_runtime.progress",  # the (empty) package around progress.document
     "finetune_runtime.progress.document",
-    # private helpers that finetune_runtime.config itself imports
-    "finetune_runtime.config.axolotl",
-    "finetune_runtime.config.yamlsafe",
+    # the modules of the finetune_runtime.config package (pydantic + PyYAML only)
+    *(
+        f"finetune_runtime.config.{name}"
+        for name in (
+            "adapter",
+            "axolotl",
+            "axolotl_datasets",
+            "axolotl_keys",
+            "axolotl_state",
+            "base",
+            "dataset",
+            "finetune",
+            "loader",
+            "rules",
+            "tracking",
+            "training",
+            "translate",
+            "yamlsafe",
+        )
+    ),
 }
 
 

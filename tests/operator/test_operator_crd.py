@@ -83,14 +83,20 @@ def test_printer_columns_point_at_declared_fields(generated):
 
 
 def test_config_schema_comes_from_the_runtime_model(generated):
-    from finetune_runtime.config import FineTuneConfig
+    from finetune_runtime.config import FineTuneConfig, LoraSettings
 
     config = schema_of(generated)["properties"]["spec"]["properties"]["config"]
     assert set(config["properties"]) == set(FineTuneConfig.model_fields)
     assert config["x-kubernetes-preserve-unknown-fields"] is True
     assert "type" not in config  # an object or a YAML string
     lora = config["properties"]["lora"]
-    assert lora["properties"]["r"] == {"type": "integer", "exclusiveMinimum": True, "minimum": 0}
+    r = lora["properties"]["r"]
+    assert {k: v for k, v in r.items() if k != "description"} == {
+        "type": "integer",
+        "exclusiveMinimum": True,
+        "minimum": 0,
+    }
+    assert r["description"] == LoraSettings.model_fields["r"].description
     assert lora["x-kubernetes-preserve-unknown-fields"] is True  # axolotl keys survive pruning
     assert config["required"] == ["base_model", "datasets"]
     assert {"$ref", "$defs", "title", "default", "const"}.isdisjoint(schema_keywords(config))

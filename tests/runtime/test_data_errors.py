@@ -10,7 +10,7 @@ import pytest
 
 from finetune_runtime.config import parse_config
 from finetune_runtime.data import build_datasets
-from finetune_runtime.errors import DatasetError
+from finetune_runtime.errors import ConfigError, DatasetError
 
 GOOD_ALPACA = {"instruction": "Say hi.", "output": "Hi."}
 GOOD_CHAT = {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}
@@ -140,11 +140,26 @@ def test_completion_row_without_text(tiny_tokenizer, tmp_path):
 
 
 def test_custom_format_placeholders_are_checked_before_reading(tiny_tokenizer, tmp_path):
+    """The schema refuses a bad template (so `validate` and the operator do); the pipeline
+    runs the same check before reading a row, for settings built without the schema."""
     path = jsonl(tmp_path, GOOD_ALPACA)
-    err = error(tiny_tokenizer, path, format="custom", prompt_format="{instruction} {question}")
-    assert "datasets[0].prompt_format: unknown placeholder(s) {question}" in str(err)
-    err = error(tiny_tokenizer, path, format="custom", prompt_format="{instruction")
-    assert "datasets[0].prompt_format: invalid template" in str(err)
+    for template, words in (
+        (
+            "{instruction} {question}",
+            "datasets[0].prompt_format: unknown placeholder(s) {question}",
+        ),
+        ("{instruction", "datasets[0].prompt_format: invalid template"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            build(tiny_tokenizer, path, format="custom", prompt_format=template)
+        assert words in str(info.value)
+        config = parse_config(
+            {"base_model": "builtin:tiny-llama", "datasets": [{"path": str(path)}]}
+        )
+        bad = config.datasets[0].model_copy(update={"format": "custom", "prompt_format": template})
+        with pytest.raises(DatasetError) as raised:
+            build_datasets(config.model_copy(update={"datasets": [bad]}), tiny_tokenizer)
+        assert words in str(raised.value)
 
 
 def test_custom_format_requires_the_fields_it_uses(tiny_tokenizer, tmp_path):

@@ -143,5 +143,6 @@ def test_added_special_tokens_train_and_merge(tmp_path: Path) -> None:
     assert merged.get_input_embeddings().weight.shape[0] == grown
     torch.testing.assert_close(logits_of(merged), expected, rtol=1e-4, atol=1e-4)
 
-    with pytest.raises(ModelError, match="special_tokens: unknown key"):
-        run(tiny_config(tmp_path / "bad", special_tokens={"separator": "<x>"}))
+    # An unknown key is refused by the schema, before anything loads.
+    with pytest.raises(ConfigError, match="special_tokens: unknown key"):
+        tiny_config(tmp_path / "bad", special_tokens={"separator": "<x>"})

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_runtime.config import DatasetSettings
+from finetune_runtime.config.dataset import template_problems
 from finetune_runtime.errors import DatasetError
 
 ALPACA_PREAMBLE_INPUT = (
@@ -38,7 +39,6 @@ ROLE_MAP = {
     "assistant": "assistant",
     "model": "assistant",
 }
-CUSTOM_PLACEHOLDERS = {"instruction", "input", "system"}
 
 
 class RowError(Exception):
@@ -106,41 +106,10 @@ def needs_chat_template(settings: DatasetSettings) -> bool:
 
 
 def check_settings(settings: DatasetSettings, where: str) -> None:
-    """Config-level checks that need no data (raised before reading any row)."""
-    if settings.format != "custom":
-        return
-    for key in ("prompt_format", "no_input_format"):
-        fmt = getattr(settings, key)
-        if fmt is None:
-            continue
-        try:
-            fields = [(n, c, f) for _, n, f, c in string.Formatter().parse(fmt) if n is not None]
-        except ValueError as exc:
-            raise DatasetError(
-                f"{where}.{key}: invalid template ({exc}); write literal braces as {{{{ and }}}}"
-            ) from exc
-        # `{instruction:d}`, `{input!x}` fail per row; `{instruction:>9999999999}` exhausts
-        # memory; `{instruction:{input}}` takes its format spec from the data.
-        fancy = sorted(
-            {
-                "{" + n + (f"!{c}" if c else "") + (f":{f}" if f else "") + "}"
-                for n, c, f in fields
-                if c or f
-            }
-        )
-        if fancy:
-            raise DatasetError(
-                f"{where}.{key}: placeholders take no conversion or format spec: "
-                f"{', '.join(fancy)}; write {{instruction}}, {{input}} or {{system}}"
-            )
-        names = {n for n, _, _ in fields}
-        unknown = sorted(n for n in names if n not in CUSTOM_PLACEHOLDERS)
-        if unknown:
-            listed = ", ".join("{" + n + "}" for n in unknown)
-            raise DatasetError(
-                f"{where}.{key}: unknown placeholder(s) {listed}; use {{instruction}}, "
-                "{input} and {system} (literal braces as {{ and }})"
-            )
+    """Config-level checks that need no data (raised before reading any row); the schema's
+    rules run the same check, so `finetune validate` reports it first."""
+    for key, problem in template_problems(settings):
+        raise DatasetError(f"{where}.{key}: {problem}")
 
 
 def row_segments(row: Any, ctx: FormatContext) -> list[Segment]:

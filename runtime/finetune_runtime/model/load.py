@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BNB_DEFAULT_BLOCKSIZE = 64  # what bitsandbytes' Linear4bit uses when nobody says otherwise
-SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token")
 
 
 # --------------------------------------------------------------------------- where from
@@ -90,13 +89,8 @@ def load_tokenizer(config: FineTuneConfig, source: str, base_dir: Path | None = 
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=config.trust_remote_code)
     except OSError as exc:
         raise _hub_error(name, "tokenizer", exc) from exc
+    # The schema allows only SPECIAL_TOKEN_KEYS here (finetune_runtime.config).
     special: dict[str, Any] = dict(config.special_tokens)
-    unknown = sorted(set(special) - set(SPECIAL_TOKEN_KEYS))
-    if unknown:
-        raise ModelError(
-            f"special_tokens: unknown key(s) {', '.join(unknown)}; "
-            f"use {', '.join(SPECIAL_TOKEN_KEYS)}"
-        )
     if special:
         tokenizer.add_special_tokens(special)
     if config.added_tokens:
