@@ -68,7 +68,7 @@ test-fast: $(STAMP) kube
 lint: $(STAMP)
 	$(VENV)/bin/ruff check runtime operator tests bench
 	$(VENV)/bin/ruff format --check runtime operator tests bench
-	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format runtime operator tests bench

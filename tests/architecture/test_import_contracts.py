@@ -31,10 +31,11 @@ ML_STACK = {"torch", "transformers", "peft", "deepspeed", "bitsandbytes", "datas
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
     """`lint-imports` on the packages under `root` (runtime/, operator/), its own config."""
     script = Path(sys.executable).with_name("lint-imports")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "importlinter.cli"]
+    entry = "from importlinter.cli import lint_imports_command; lint_imports_command()"
+    command = [str(script)] if script.exists() else [sys.executable, "-c", entry]
     env = dict(os.environ, PYTHONPATH=f"{root / 'runtime'}{os.pathsep}{root / 'operator'}")
     return subprocess.run(
-        [*command, "--config", str(root / "pyproject.toml"), "--no-cache"],
+        [*command, str(root / "pyproject.toml"), "--no-cache", "--no-logo"],
         cwd=root,
         env=env,
         capture_output=True,
