@@ -7,8 +7,11 @@ progress server on loopback read by the operator's real progress client, the rea
 
 from __future__ import annotations
 
+import ast
 import logging
+import re
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -132,3 +135,24 @@ def test_merge_is_refused_alike_by_operator_and_trainer(adapter: str):
         publish.check_target(publish.OutputTarget(OUTPUT["uri"], merge=True), adapter)
     assert reason in str(flagged.value)
     assert contract.merge_refusal("lora") is None
+
+
+ENV_NAME = re.compile(r"^(FINETUNE_(?!OPERATOR_)[A-Z0-9_]+|PET_[A-Z0-9_]+)$")
+
+
+def test_pod_env_names_are_spelled_only_in_the_contract():
+    """A bare "FINETUNE_..."/"PET_..." string anywhere else is a second spelling (the
+    operator's own FINETUNE_OPERATOR_* settings never reach a pod and are exempt)."""
+    root = Path(contract.__file__).resolve().parents[2]
+    sources = [*(root / "runtime").rglob("*.py"), *(root / "operator").rglob("*.py")]
+    assert len(sources) > 100
+    spelled = [
+        f"{path.relative_to(root)}:{node.lineno}: {node.value}"
+        for path in sources
+        if path.resolve() != Path(contract.__file__).resolve()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        if ENV_NAME.match(node.value)
+    ]
+    assert not spelled, "use finetune_runtime.contract's constant instead:\n" + "\n".join(spelled)
+    assert ENV_NAME.match(contract.ENV_OUTPUT_URI) and ENV_NAME.match(contract.ENV_NNODES)
