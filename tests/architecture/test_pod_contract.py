@@ -19,6 +19,9 @@ import pytest
 from finetune_operator import manifests as m
 from finetune_operator import status as st
 from finetune_operator.crd import crd
+from finetune_operator.jobref import JobRef
+from finetune_operator.pod_facts import progress_url
+from finetune_operator.pod_parts import PodSettings
 from finetune_operator.progress_client import fetch_progress
 from finetune_operator.spec import SpecError, parse_spec, validate_job
 from finetune_runtime import contract
@@ -42,8 +45,9 @@ def body(name: str = "llama", **spec: Any) -> dict[str, Any]:
 
 
 def worker(job: dict[str, Any], attempt: int, rank: int, port: int = 9400) -> dict[str, Any]:
-    settings = m.PodSettings(default_image="runtime:test", progress_port=port)
-    return m.worker_pod(m.JobRef.from_body(job), parse_spec(job["spec"]), attempt, rank, settings)
+    settings = PodSettings(default_image="runtime:test", progress_port=port)
+    spec = parse_spec(job["spec"])
+    return m.build_worker_pod(JobRef.from_body(job), spec, attempt, rank, settings)
 
 
 def plain_env(pod: dict[str, Any]) -> dict[str, str]:
@@ -86,7 +90,7 @@ def test_rank0_serves_progress_where_the_operator_looks_naming_job_and_attempt(
     with ProgressServer(reporter) as server:  # and the port
         for pod in pods:
             pod["status"] = {"phase": "Running", "podIP": "127.0.0.1"}
-        url = st.progress_url(pods, attempt=3)
+        url = progress_url(pods, attempt=3)
         assert url == f"http://127.0.0.1:{server.port}{contract.PROGRESS_PATH}"
         doc = fetch_progress(url)
     assert doc is not None
