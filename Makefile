@@ -64,9 +64,11 @@ test: $(STAMP) kube
 test-fast: $(STAMP) kube
 	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
 
+## ruff, and the import layers (pyproject.toml [tool.importlinter], docs/architecture.md).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check runtime operator tests bench
 	$(VENV)/bin/ruff format --check runtime operator tests bench
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format runtime operator tests bench

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from finetune_runtime import contract
+
 GROUP = "finetune.dev"
 VERSION = "v1alpha1"
 KIND = "FineTuneJob"
@@ -22,45 +24,28 @@ ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 APP_NAME = "finetune"
 MANAGER = "finetune-operator"
 
-# Where things live inside a worker pod.
-CONFIG_DIR = "/etc/finetune"
-CONFIG_KEY = "config.yaml"
-CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
-CHECKPOINT_DIR = "/checkpoints"
-DATA_DIR = "/data"
-DATASET_DIR = f"{DATA_DIR}/dataset"
-MODEL_DIR = f"{DATA_DIR}/model"
-CACHE_DIR = f"{DATA_DIR}/cache"
+# Where things live inside a worker pod, and its ports: the pod contract, shared with the
+# runtime that reads them (finetune_runtime.contract).
+CONFIG_DIR = contract.CONFIG_DIR
+CONFIG_KEY = contract.CONFIG_KEY
+CONFIG_PATH = contract.CONFIG_PATH
+CHECKPOINT_DIR = contract.CHECKPOINT_DIR
+DATA_DIR = contract.DATA_DIR
+DATASET_DIR = contract.DATASET_DIR
+MODEL_DIR = contract.MODEL_DIR
+CACHE_DIR = contract.CACHE_DIR
 
-RENDEZVOUS_PORT = 29500
+RENDEZVOUS_PORT = contract.RENDEZVOUS_PORT
 TRAINER_CONTAINER = "trainer"
 # The runtime image's numeric USER/GROUP (images/runtime/Dockerfile); pods never set
 # runAsUser, only (by default, see PodSettings.fs_group) this fsGroup.
 DEFAULT_FS_GROUP = 1000
 
 # Environment names the operator owns in worker pods; users may not override them.
-RESERVED_ENV = frozenset(
-    {
-        "PET_NNODES",
-        "PET_NODE_RANK",
-        "PET_NPROC_PER_NODE",
-        "PET_MASTER_ADDR",
-        "PET_MASTER_PORT",
-        "FINETUNE_PROGRESS_PORT",
-        "FINETUNE_ATTEMPT",
-        "FINETUNE_CACHE",
-        "FINETUNE_JOB_NAME",
-        "FINETUNE_OUTPUT_URI",
-        "FINETUNE_OUTPUT_MERGE",
-        "FINETUNE_OUTPUT_ENDPOINT_URL",
-        "FINETUNE_OUTPUT_REGION",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-    }
-)
+RESERVED_ENV = contract.WORKER_ENV
 
 # Experiment-tracker credentials (the runtime's `tracking`): only as secret references.
-SECRET_ONLY_ENV = frozenset({"WANDB_API_KEY", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD"})
+SECRET_ONLY_ENV = contract.SECRET_ONLY_ENV
 
 GPU_RESOURCE = "nvidia.com/gpu"
 

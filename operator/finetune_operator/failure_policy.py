@@ -3,7 +3,7 @@
 Kubeflow's meanings: OnFailure restarts the gang, Never fails the job, ExitCode fails it
 on exit codes 1-127 (the program's own verdict) and restarts it on 128+ (killed by a
 signal: preemption, OOM kill, node shutdown). The runtime's user-error exit codes
-(finetune_runtime.errors.USER_ERROR_EXIT_CODES: bad config, bad dataset) are permanent
+(finetune_runtime.contract.USER_ERROR_EXIT_CODES: bad config, bad dataset) are permanent
 under OnFailure and ExitCode too: the same input fails the same way again.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from finetune_operator import constants as c
 from finetune_operator.redact import redact
-from finetune_runtime.errors import USER_ERROR_EXIT_CODES
+from finetune_runtime.contract import USER_ERROR_EXIT_CODES
 
 LOG_LINES = 20  # last lines of a failed trainer copied into the Failed condition
 LOG_BYTES = 4096  # read at most this much log per pod (the shell's pods/log limitBytes)

@@ -34,6 +34,7 @@ from finetune_operator.controller import Controller
 from finetune_operator.kube import Kube
 from finetune_operator.manifests import PodSettings
 from finetune_operator.metrics import Metrics
+from finetune_runtime import contract
 
 log = logging.getLogger("finetune_operator")
 
@@ -41,7 +42,7 @@ log = logging.getLogger("finetune_operator")
 @dataclass
 class OperatorConfig:
     default_image: str = "ghcr.io/finetune-operator/finetune-runtime:0.1.0"
-    progress_port: int = 9400
+    progress_port: int = contract.PROGRESS_PORT
     metrics_port: int | None = 8080
     resync_seconds: float = 5.0
     progress_timeout: float = 2.0

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import kopf
 
 from finetune_operator import handlers
+from finetune_runtime import contract
 
 
 def _env_float(name: str, default: float) -> float:
@@ -87,8 +88,8 @@ def _worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--progress-port",
         type=int,
-        default=int(os.environ.get("FINETUNE_OPERATOR_PROGRESS_PORT", "9400")),
-        help="Port rank 0 serves its progress on (FINETUNE_PROGRESS_PORT in the pods).",
+        default=int(os.environ.get("FINETUNE_OPERATOR_PROGRESS_PORT", contract.PROGRESS_PORT)),
+        help=f"Port rank 0 serves its progress on ({contract.ENV_PROGRESS_PORT} in the pods).",
     )
     p.add_argument(
         "--resync-seconds",

@@ -11,6 +11,7 @@ from typing import Any
 
 from finetune_operator import constants as c
 from finetune_operator.status import RUNNING, parse_time
+from finetune_runtime import contract
 
 
 def attempt_of(pod: dict[str, Any]) -> int:
@@ -89,14 +90,12 @@ def env_of(pod: dict[str, Any], name: str) -> str | None:
 
 def progress_url(pods: list[dict[str, Any]], attempt: int) -> str | None:
     """Rank 0's progress endpoint for `attempt`, if that pod is running and has an IP."""
-    from finetune_runtime.progress.document import PROGRESS_PATH
-
     for pod in pods:
         if attempt_of(pod) != attempt or rank_of(pod) != 0 or is_terminating(pod):
             continue
         ip = (pod.get("status") or {}).get("podIP")
-        port = env_of(pod, "FINETUNE_PROGRESS_PORT")
+        port = env_of(pod, contract.ENV_PROGRESS_PORT)
         if phase_of(pod) == RUNNING and ip and port:
             host = f"[{ip}]" if ":" in ip else ip
-            return f"http://{host}:{port}{PROGRESS_PATH}"
+            return f"http://{host}:{port}{contract.PROGRESS_PATH}"
     return None

@@ -12,6 +12,7 @@ from finetune_operator import names
 from finetune_operator.jobref import JobRef
 from finetune_operator.spec.job import FineTuneJobSpec
 from finetune_operator.spec.storage import S3Source
+from finetune_runtime import contract
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,11 @@ def credentials_env(source: S3Source) -> list[dict[str, Any]]:
     ref = source.secret_ref
     return [
         {
-            "name": "AWS_ACCESS_KEY_ID",
+            "name": contract.ENV_AWS_ACCESS_KEY_ID,
             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.access_key_id_key}},
         },
         {
-            "name": "AWS_SECRET_ACCESS_KEY",
+            "name": contract.ENV_AWS_SECRET_ACCESS_KEY,
             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.secret_access_key_key}},
         },
     ]
@@ -151,15 +152,15 @@ def worker_env(
     job: JobRef, spec: FineTuneJobSpec, attempt: int, rank: int, progress_port: int
 ) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        {"name": "PET_NNODES", "value": str(spec.nodes)},
-        {"name": "PET_NODE_RANK", "value": str(rank)},
-        {"name": "PET_NPROC_PER_NODE", "value": str(spec.procs_per_node)},
-        {"name": "PET_MASTER_ADDR", "value": names.master_addr(job)},
-        {"name": "PET_MASTER_PORT", "value": str(c.RENDEZVOUS_PORT)},
-        {"name": "FINETUNE_PROGRESS_PORT", "value": str(progress_port)},
-        {"name": "FINETUNE_ATTEMPT", "value": str(attempt)},
-        {"name": "FINETUNE_CACHE", "value": c.CACHE_DIR},
-        {"name": "FINETUNE_JOB_NAME", "value": job.name},
+        {"name": contract.ENV_NNODES, "value": str(spec.nodes)},
+        {"name": contract.ENV_NODE_RANK, "value": str(rank)},
+        {"name": contract.ENV_NPROC_PER_NODE, "value": str(spec.procs_per_node)},
+        {"name": contract.ENV_MASTER_ADDR, "value": names.master_addr(job)},
+        {"name": contract.ENV_MASTER_PORT, "value": str(c.RENDEZVOUS_PORT)},
+        {"name": contract.ENV_PROGRESS_PORT, "value": str(progress_port)},
+        {"name": contract.ENV_ATTEMPT, "value": str(attempt)},
+        {"name": contract.ENV_CACHE, "value": c.CACHE_DIR},
+        {"name": contract.ENV_JOB_NAME, "value": job.name},
     ]
     env += output_env(spec)
     env += [item.model_dump(exclude_none=True) for item in spec.env]
@@ -172,13 +173,13 @@ def output_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     if out is None:
         return []
     env = [
-        {"name": "FINETUNE_OUTPUT_URI", "value": out.uri},
-        {"name": "FINETUNE_OUTPUT_MERGE", "value": "true" if out.merge else "false"},
+        {"name": contract.ENV_OUTPUT_URI, "value": out.uri},
+        {"name": contract.ENV_OUTPUT_MERGE, "value": "true" if out.merge else "false"},
     ]
     if out.endpoint:
-        env.append({"name": "FINETUNE_OUTPUT_ENDPOINT_URL", "value": out.endpoint})
+        env.append({"name": contract.ENV_OUTPUT_ENDPOINT_URL, "value": out.endpoint})
     if out.region:
-        env.append({"name": "FINETUNE_OUTPUT_REGION", "value": out.region})
+        env.append({"name": contract.ENV_OUTPUT_REGION, "value": out.region})
     return env + credentials_env(out)
 
 
@@ -195,7 +196,7 @@ def trainer_container(
             {"name": "config", "mountPath": c.CONFIG_DIR, "readOnly": True},
             {"name": "checkpoints", "mountPath": c.CHECKPOINT_DIR},
             {"name": "data", "mountPath": c.DATA_DIR},
-            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "dshm", "mountPath": contract.SHM_DIR},
         ],
         "securityContext": container_security(),
     }

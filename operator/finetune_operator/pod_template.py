@@ -16,9 +16,10 @@ from pydantic.alias_generators import to_camel
 
 from finetune_operator import constants as c
 from finetune_operator import scheduling as g
+from finetune_runtime import contract
 
 OPERATOR_VOLUMES = ("config", "checkpoints", "data", "dshm")
-OPERATOR_MOUNT_PATHS = (c.CONFIG_DIR, c.CHECKPOINT_DIR, c.DATA_DIR, "/dev/shm")
+OPERATOR_MOUNT_PATHS = (c.CONFIG_DIR, c.CHECKPOINT_DIR, c.DATA_DIR, contract.SHM_DIR)
 RESERVED_LABEL_PREFIXES = (f"{c.GROUP}/", "app.kubernetes.io/")
 RESERVED_ANNOTATION_PREFIXES = (f"{c.GROUP}/",)
 MAX_ITEMS = 64

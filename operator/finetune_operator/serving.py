@@ -38,12 +38,13 @@ from finetune_operator.pod_parts import (
 from finetune_operator.spec.job import FineTuneJobSpec
 from finetune_operator.spec.serve import ServeSpec
 from finetune_operator.spec.storage import S3Source
+from finetune_runtime import contract
 
 COMPONENT = "serving"
 CONTAINER = "serve"
 SERVE_DIR = f"{c.DATA_DIR}/serve"
 ANNOTATION_OUTPUTS_HASH = f"{c.GROUP}/outputs-hash"
-API_KEY_ENV = "FINETUNE_SERVE_API_KEY"
+API_KEY_ENV = contract.ENV_SERVE_API_KEY
 
 
 def selector(job: JobRef) -> dict[str, str]:
@@ -71,7 +72,8 @@ def _merged_source(spec: FineTuneJobSpec, status: dict[str, Any]) -> S3Source | 
     out = spec.output
     if out is None or not out.merge:
         return None
-    uri = (status.get("outputs") or {}).get("merged") or f"{out.uri}/merged/"
+    merged = contract.OUTPUT_MERGED
+    uri = (status.get("outputs") or {}).get(merged) or f"{out.uri}/{merged}/"
     return out.model_copy(update={"uri": uri.rstrip("/")})  # endpoint, region, credentials
 
 
@@ -141,7 +143,7 @@ def _pod_spec(
     image = serve.image or spec.image or settings.default_image
     merged = _merged_source(spec, status)
     mounts, volumes, init = _storage(job, spec, image, merged)
-    env: list[dict[str, Any]] = [{"name": "FINETUNE_CACHE", "value": c.CACHE_DIR}]
+    env: list[dict[str, Any]] = [{"name": contract.ENV_CACHE, "value": c.CACHE_DIR}]
     if serve.api_key_secret_ref is not None:
         ref = serve.api_key_secret_ref
         env.append(
@@ -156,9 +158,9 @@ def _pod_spec(
         "command": _serve_command(job, serve, merged),
         "env": env,
         "ports": [{"name": "http", "containerPort": serve.port, "protocol": "TCP"}],
-        "readinessProbe": _probe("/readyz", serve, period=5, failures=3),
-        "livenessProbe": _probe("/healthz", serve, period=10, failures=6),
-        "startupProbe": _probe("/healthz", serve, period=5, failures=60),
+        "readinessProbe": _probe(contract.READY_PATH, serve, period=5, failures=3),
+        "livenessProbe": _probe(contract.HEALTH_PATH, serve, period=10, failures=6),
+        "startupProbe": _probe(contract.HEALTH_PATH, serve, period=5, failures=60),
         "volumeMounts": mounts,
         "securityContext": container_security(),
     }

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from finetune_runtime import contract
 from finetune_runtime.progress.document import ProgressDocument, format_eta
 
 PENDING = "Pending"
@@ -125,12 +126,8 @@ def outputs_status(output: Any, adapter: str) -> dict[str, str] | None:
     --output-uri` writes: `<uri>/adapter/` or `<uri>/model/`, and `<uri>/merged/`)."""
     if output is None:
         return None
-    base = str(output.uri).rstrip("/")
-    weights = "model" if adapter == "none" else "adapter"
-    out = {weights: f"{base}/{weights}/"}
-    if output.merge:
-        out["merged"] = f"{base}/merged/"
-    return out
+    weights = contract.weights_dir_name(adapter)
+    return contract.output_uris(str(output.uri), weights, bool(output.merge))
 
 
 # -------------------------------------------------------------------------------- progress

@@ -9,7 +9,6 @@ Command modules import heavy libraries (torch, transformers) inside `func`, so
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import logging
 import os
@@ -20,6 +19,7 @@ from rich.markup import escape
 
 from finetune_runtime import __version__
 from finetune_runtime.errors import EXIT_INTERRUPTED, FinetuneError
+from finetune_runtime.launch.exit_file import record_exit_code
 
 COMMANDS = (
     "validate",
@@ -33,9 +33,6 @@ COMMANDS = (
     "run",
     "serve",
 )
-# Set by `finetune launch`: a trainer failing with a FinetuneError writes its exit code here,
-# so the launcher reports it instead of torchrun's generic 1 (exit codes: errors.EXIT_*).
-EXIT_FILE_ENV = "FINETUNE_EXIT_FILE"
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 
@@ -71,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from finetune_runtime.storage.s3 import RedactingFilter
+    from finetune_runtime.storage.redact import RedactingFilter
 
     for handler in logging.getLogger().handlers:  # credentials never reach a log line
         handler.addFilter(RedactingFilter())
@@ -93,30 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
-
-
-def record_exit_code(code: int, message: str = "") -> None:
-    """Leave the exit code (and the error's message) for `finetune launch`, which reports a
-    trainer's own code rather than torchrun's generic 1 and repeats the message as its last
-    log line, where the operator's log tail of a failed worker will find it."""
-    path = os.environ.get(EXIT_FILE_ENV)
-    if not path:
-        return
-    with contextlib.suppress(OSError):
-        tmp = f"{path}.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(f"{code}\n{message}")
-        os.replace(tmp, path)
-
-
-def recorded_exit(path: str) -> tuple[int, str] | None:
-    """The (exit code, message) a trainer recorded, or None."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            code, _, message = handle.read().partition("\n")
-        return int(code.strip()), message.strip()
-    except (OSError, ValueError):
-        return None
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ HEAVY = ("torch", "transformers", "peft", "deepspeed", "bitsandbytes")
 RUNTIME_ALLOWED = {
     "finetune_runtime",
     "finetune_runtime.config",
+    "finetune_runtime.contract",
     "finetune_runtime.errors",
-    "finetune_runtime.progress",  # the (empty) package around progress.document
+    "finetune_runtime.progress",  # the package (a docstring) around progress.document
     "finetune_runtime.progress.document",
     # the modules of the finetune_runtime.config package (pydantic + PyYAML only)
     *(

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 from dockerfiles import parse_dockerfile
 
+from finetune_runtime import contract
+
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = {
     "operator": REPO / "images" / "operator" / "Dockerfile",
@@ -144,9 +146,11 @@ def test_runtime_images_install_the_runtime_extra(image: str) -> None:
     runs = " ".join(s["value"] for s in instructions(IMAGES[image]) if s["instruction"] == "RUN")
     assert '".[runtime,tracking]"' in runs  # trackers configured in a job must be importable
     exposed = [s["value"] for s in final_stage(IMAGES[image]) if s["instruction"] == "EXPOSE"]
-    assert set(" ".join(exposed).split()) == {"29500", "9400"}
+    ports = {str(contract.RENDEZVOUS_PORT), str(contract.PROGRESS_PORT)}  # the pod contract's
+    assert set(" ".join(exposed).split()) == ports == {"29500", "9400"}
     env = parse_dockerfile(IMAGES[image]).envs
-    assert env["FINETUNE_CACHE"] == "/data/cache"  # the cache volume the operator mounts
+    # the cache volume the operator mounts
+    assert env[contract.ENV_CACHE] == contract.CACHE_DIR == "/data/cache"
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))

@@ -21,18 +21,13 @@ import pytest
 from s3_server import TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY, FaultProxy, MotoS3
 
 from finetune_runtime import cli
+from finetune_runtime.commands.fetch import add_fetch_arguments, run_fetch
 from finetune_runtime.errors import FetchError
-from finetune_runtime.storage.fetch import (
-    MiB,
-    TransferSettings,
-    add_fetch_arguments,
-    fetch,
-    fetch_detailed,
-    resolve_uri,
-    run_fetch,
-    upload,
-)
-from finetune_runtime.storage.s3 import S3Options, parse_s3_uri, redact
+from finetune_runtime.storage.fetch import fetch, fetch_detailed, resolve_uri
+from finetune_runtime.storage.redact import redact
+from finetune_runtime.storage.s3 import S3Options, parse_s3_uri
+from finetune_runtime.storage.transfer import MiB, TransferSettings
+from finetune_runtime.storage.upload import upload
 
 KiB = 1024
 # Small parts so a few hundred KiB already take the multipart (ranged GET) path.

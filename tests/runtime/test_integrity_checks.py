@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from finetune_runtime import errors
-from finetune_runtime.cli import EXIT_FILE_ENV, main
+from finetune_runtime.cli import main
 from finetune_runtime.config import FineTuneConfig, parse_config, parse_config_with_warnings
 from finetune_runtime.errors import ConfigError, IntegrityError, LockedError
+from finetune_runtime.launch.exit_file import EXIT_FILE_ENV
 from finetune_runtime.storage.integrity import MANIFEST, verify_weights, write_manifest
 from finetune_runtime.storage.outdir import probe_write, unsafe_reason
 from finetune_runtime.storage.output_lock import LOCK_FILE, OutputDirLock, is_stale

@@ -26,8 +26,9 @@ from s3_server import FaultProxy, MotoS3
 
 from finetune_runtime.data import packaged_data_path
 from finetune_runtime.errors import FetchError
-from finetune_runtime.storage.fetch import fetch, upload
+from finetune_runtime.storage.fetch import fetch
 from finetune_runtime.storage.s3 import S3Options
+from finetune_runtime.storage.upload import upload
 
 pytestmark = pytest.mark.slow  # subprocesses (CLI, training)
 

@@ -111,20 +111,10 @@ def _parse_config(spec: FineTuneJobSpec, source: str) -> Any:
 
 def _check_outputs(spec: FineTuneJobSpec, adapter: str) -> None:
     """spec.output.merge needs an adapter that can be merged."""
-    from finetune_runtime.config import unmergeable_reason
+    from finetune_runtime.contract import merge_refusal
 
     if spec.output is None or not spec.output.merge:
         return
-    if adapter == "none":
-        raise SpecError(
-            [
-                SpecIssue(
-                    "spec.output.merge",
-                    "a full fine-tune (spec.config adapter: none) has no adapter to merge; its "
-                    "model is uploaded as it is: drop merge",
-                )
-            ]
-        )
-    reason = unmergeable_reason(adapter)
+    reason = merge_refusal(adapter)
     if reason is not None:
-        raise SpecError([SpecIssue("spec.output.merge", f"{reason}; drop merge")])
+        raise SpecError([SpecIssue("spec.output.merge", f"{reason}: drop merge")])

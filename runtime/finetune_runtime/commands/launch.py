@@ -19,20 +19,21 @@ import sys
 from collections.abc import Mapping
 from types import FrameType
 
-from finetune_runtime.errors import LaunchError
+from finetune_runtime import contract
+from finetune_runtime.errors import EXIT_PREEMPTED, LaunchError
 
 log = logging.getLogger("finetune_runtime.launch.torchrun")
 
-TIMEOUT_ENV = "FINETUNE_RENDEZVOUS_TIMEOUT"
+TIMEOUT_ENV = contract.ENV_RENDEZVOUS_TIMEOUT
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 # Command-line overrides for the env contract: flag -> the PET_* variable it sets.
 OVERRIDES = {
-    "nnodes": "PET_NNODES",
-    "node_rank": "PET_NODE_RANK",
-    "nproc_per_node": "PET_NPROC_PER_NODE",
-    "master_addr": "PET_MASTER_ADDR",
-    "master_port": "PET_MASTER_PORT",
+    "nnodes": contract.ENV_NNODES,
+    "node_rank": contract.ENV_NODE_RANK,
+    "nproc_per_node": contract.ENV_NPROC_PER_NODE,
+    "master_addr": contract.ENV_MASTER_ADDR,
+    "master_port": contract.ENV_MASTER_PORT,
 }
 
 
@@ -74,6 +75,15 @@ def effective_env(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str,
     return merged
 
 
+def run_label(env: Mapping[str, str]) -> str:
+    """`FineTuneJob NAME attempt N: ` when the operator started this pod, else ``: which
+    gang a log line came from when several attempts' logs are read together."""
+    job, attempt = contract.run_identity(env)
+    if job is None:
+        return ""
+    return f"FineTuneJob {job}" + (f" attempt {attempt}" if attempt is not None else "") + ": "
+
+
 def rendezvous_timeout(args: argparse.Namespace, env: Mapping[str, str]) -> float:
     if args.rendezvous_timeout is not None:
         return float(args.rendezvous_timeout)
@@ -97,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     plan = resolve_plan(env)
     command = launch_command(torchrun_args(env, args.config, extra))
     log.info(
-        "node %d/%d, %d process(es) per node, world size %d, master %s",
+        "%snode %d/%d, %d process(es) per node, world size %d, master %s",
+        run_label(env),
         plan.node_rank,
         plan.nnodes,
         plan.nproc_per_node,
@@ -124,13 +135,13 @@ def supervise_recording_exit(command: list[str], env: Mapping[str, str]) -> int:
     torchrun's generic 1: the trainers record theirs in $FINETUNE_EXIT_FILE."""
     import tempfile
 
-    from finetune_runtime.cli import EXIT_FILE_ENV, recorded_exit
+    from finetune_runtime.launch.exit_file import recorded_exit
 
     with tempfile.TemporaryDirectory(prefix="finetune-launch-") as tmp:
         exit_file = os.path.join(tmp, "exit-code")
-        code = supervise(command, {**env, EXIT_FILE_ENV: exit_file})
+        code = supervise(command, {**env, contract.ENV_EXIT_FILE: exit_file})
         recorded = recorded_exit(exit_file)
-    if code not in (0, 143) and recorded is not None:
+    if code not in (0, EXIT_PREEMPTED) and recorded is not None:
         trainer_code, message = recorded
         # Last, after torchrun's own failure report: what a log tail should show.
         log.error("a trainer exited with %d: %s", trainer_code, message or "(no message)")

@@ -9,7 +9,9 @@ import argparse
 import os
 from pathlib import Path
 
-API_KEY_ENV = "FINETUNE_SERVE_API_KEY"
+from finetune_runtime import contract
+
+API_KEY_ENV = contract.ENV_SERVE_API_KEY
 DEFAULT_PORT = 8000
 
 

@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-PROGRESS_HOST_ENV = "FINETUNE_PROGRESS_HOST"
+from finetune_runtime import contract
+
+PROGRESS_HOST_ENV = contract.ENV_PROGRESS_HOST
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +51,8 @@ def add_progress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress-port",
         type=int,
-        help="port of rank 0's /progress and /metrics endpoint "
-        "(default: $FINETUNE_PROGRESS_PORT or 9400; 0 picks a free port)",
+        help="port of rank 0's /progress and /metrics endpoint (default: "
+        f"${contract.ENV_PROGRESS_PORT} or {contract.PROGRESS_PORT}; 0 picks a free port)",
     )
     parser.add_argument(
         "--progress-host",
@@ -155,6 +157,7 @@ def train_options(args: argparse.Namespace, base_dir: Path | None) -> Any:
 
 
 def main(args: argparse.Namespace) -> int:
+    from finetune_runtime.model.merge import merge
     from finetune_runtime.storage import publish as outputs
     from finetune_runtime.train.backends.base import distributed_env
     from finetune_runtime.train.loop import train
@@ -172,5 +175,6 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_PREEMPTED
     rank, _, _ = distributed_env()
     if target is not None and rank == 0 and result.weights_dir is not None:
-        outputs.publish(target, config, result.weights_dir, base_dir)
+        weights = result.weights_dir
+        outputs.publish(target, weights, lambda: merge(config, adapter=weights, base_dir=base_dir))
     return 0

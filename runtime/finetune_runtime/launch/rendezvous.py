@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from finetune_runtime import contract
 from finetune_runtime.errors import LaunchError
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def wait_for_master(
             raise LaunchError(
                 f"master {host}:{port} not reachable after {timeout:g}s ({attempts} attempts): "
                 f"{result.detail}. Check that node 0 is running and that the master address and "
-                "port (PET_MASTER_ADDR / PET_MASTER_PORT) point at it"
+                f"port ({contract.ENV_MASTER_ADDR} / {contract.ENV_MASTER_PORT}) point at it"
             )
         if result.stage != last_stage or attempts in (2, 5) or attempts % 10 == 0:
             log.info(

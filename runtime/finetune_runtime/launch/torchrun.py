@@ -16,17 +16,18 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from finetune_runtime import contract
 from finetune_runtime.errors import LaunchError
 
-DEFAULT_MASTER_PORT = 29500
+DEFAULT_MASTER_PORT = contract.RENDEZVOUS_PORT
 TRAIN_ENTRYPOINT = ("-m", "finetune_runtime.cli", "train")
 
 # Each setting: the env names that may carry it, first match wins.
-NNODES_VARS = ("PET_NNODES", "NNODES")
-NODE_RANK_VARS = ("PET_NODE_RANK", "NODE_RANK")
-NPROC_VARS = ("PET_NPROC_PER_NODE", "NPROC_PER_NODE")
-MASTER_ADDR_VARS = ("PET_MASTER_ADDR", "MASTER_ADDR")
-MASTER_PORT_VARS = ("PET_MASTER_PORT", "MASTER_PORT")
+NNODES_VARS = (contract.ENV_NNODES, "NNODES")
+NODE_RANK_VARS = (contract.ENV_NODE_RANK, "NODE_RANK")
+NPROC_VARS = (contract.ENV_NPROC_PER_NODE, "NPROC_PER_NODE")
+MASTER_ADDR_VARS = (contract.ENV_MASTER_ADDR, "MASTER_ADDR")
+MASTER_PORT_VARS = (contract.ENV_MASTER_PORT, "MASTER_PORT")
 # Kubeflow's legacy (non-PET) env: WORLD_SIZE and RANK describe pods when torchrun is not
 # told otherwise. WORLD_SIZE may also be the total process count (torch's own meaning).
 WORLD_SIZE_VAR = "WORLD_SIZE"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from finetune_runtime import contract
 from finetune_runtime.data.tokenize import IGNORE_INDEX
 from finetune_runtime.errors import ConfigError, ModelError
 
@@ -194,10 +195,10 @@ def _from_output_dir(
         config = _checkpoint_config(found[-1].path)
     if checkpoint is not None:
         return _from_checkpoint(_pick_checkpoint(out, found, checkpoint), config, base_dir)
-    if (out / "adapter" / ADAPTER_CONFIG).is_file():
-        return Weights(out / "adapter", "adapter", config, base_dir)
-    if (out / "model" / "config.json").is_file():
-        return Weights(out / "model", "model", config, base_dir)
+    if (out / contract.OUTPUT_ADAPTER / ADAPTER_CONFIG).is_file():
+        return Weights(out / contract.OUTPUT_ADAPTER, "adapter", config, base_dir)
+    if (out / contract.OUTPUT_MODEL / "config.json").is_file():
+        return Weights(out / contract.OUTPUT_MODEL, "model", config, base_dir)
     if found:
         return _from_checkpoint(found[-1].path, config, base_dir)
     raise ModelError(
@@ -236,8 +237,8 @@ def _from_checkpoint(path: Path, config: FineTuneConfig | None, base_dir: Path |
         raise ModelError(f"{path} is not a complete checkpoint (no {COMPLETE} marker)")
     if config is None:
         config = _checkpoint_config(path)
-    if (path / "adapter" / ADAPTER_CONFIG).is_file():
-        return Weights(path / "adapter", "adapter", config, base_dir)
+    if (path / contract.OUTPUT_ADAPTER / ADAPTER_CONFIG).is_file():
+        return Weights(path / contract.OUTPUT_ADAPTER, "adapter", config, base_dir)
     if (path / "trainable.safetensors").is_file() and config.adapter == "none":
         return Weights(path, "checkpoint-model", config, base_dir)
     raise ModelError(

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from finetune_runtime import contract
 from finetune_runtime.config import FineTuneConfig, check_safe_path, unmergeable_reason
 from finetune_runtime.errors import ConfigError, IntegrityError, ModelError
 from finetune_runtime.storage.integrity import (
@@ -34,7 +35,7 @@ from finetune_runtime.train.checkpoint import replace_dir
 log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
-MERGED_DIR = "merged"
+MERGED_DIR = contract.OUTPUT_MERGED
 MERGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -44,17 +45,18 @@ def find_adapter(config: FineTuneConfig, adapter: str | Path | None) -> Path:
     if config.adapter == "none":
         raise ModelError(
             "nothing to merge: adapter is 'none' (a full fine-tune), whose weights are already "
-            f"a complete model in {Path(config.output_dir) / 'model'}"
+            f"a complete model in {Path(config.output_dir) / contract.OUTPUT_MODEL}"
         )
     reason = unmergeable_reason(config.adapter)
     if reason is not None:
         raise ModelError(f"cannot merge: {reason}")
     output_dir = Path(config.output_dir)
-    path = Path(adapter) if adapter else output_dir / "adapter"
+    path = Path(adapter) if adapter else output_dir / contract.OUTPUT_ADAPTER
     if adapter and not path.is_absolute() and not path.exists() and (output_dir / path).exists():
         path = output_dir / path  # `--adapter checkpoint-40` means the one in output_dir
-    if not (path / ADAPTER_CONFIG).is_file() and (path / "adapter" / ADAPTER_CONFIG).is_file():
-        path = path / "adapter"  # a checkpoint-<step> directory
+    nested = path / contract.OUTPUT_ADAPTER  # a checkpoint-<step> directory holds one
+    if not (path / ADAPTER_CONFIG).is_file() and (nested / ADAPTER_CONFIG).is_file():
+        path = nested
     if not (path / ADAPTER_CONFIG).is_file():
         hint = "run `finetune train` first" if adapter is None else "check --adapter"
         raise ModelError(f"no trained adapter in {path} (no {ADAPTER_CONFIG}); {hint}")

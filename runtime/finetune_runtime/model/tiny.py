@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from finetune_runtime import contract
 from finetune_runtime.errors import ModelError
 
 BUILTIN_PREFIX = "builtin:"
@@ -92,10 +93,7 @@ def is_builtin(name: str) -> bool:
 
 def cache_root() -> Path:
     """Where builtin models live: $FINETUNE_CACHE or ~/.cache/finetune."""
-    root = os.environ.get("FINETUNE_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "finetune"
-    )
-    return Path(root)
+    return contract.cache_root()
 
 
 def resolve_builtin(name: str, seed: int = 0) -> Path:

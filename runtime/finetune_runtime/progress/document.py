@@ -1,7 +1,7 @@
 """The progress contract between rank 0 and the operator.
 
 Rank 0 of a training gang serves this document as JSON at `GET /progress`
-(and Prometheus metrics at `GET /metrics`) on PROGRESS_PORT. The operator polls
+(and Prometheus metrics at `GET /metrics`) on `contract.PROGRESS_PORT`. The operator polls
 it and copies it into `status.progress`. Only pydantic is needed to import this
 module, so the operator can share the exact same model.
 """
@@ -12,10 +12,6 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-PROGRESS_PORT = 9400
-PROGRESS_PATH = "/progress"
-METRICS_PATH = "/metrics"
 
 TrainingState = Literal[
     "starting", "loading", "training", "evaluating", "saving", "completed", "failed"
@@ -52,6 +48,10 @@ class ProgressDocument(_Camel):
     eta_seconds: float | None = None
     last_checkpoint: CheckpointInfo | None = None
     world_size: int = 1
+    # Which FineTuneJob and gang attempt wrote this ($FINETUNE_JOB_NAME, $FINETUNE_ATTEMPT);
+    # absent outside the operator. Lets a reader tell an old attempt's document from a new one.
+    job_name: str | None = None
+    attempt: int | None = None
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     message: str | None = None
 

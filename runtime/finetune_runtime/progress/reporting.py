@@ -16,13 +16,14 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client import Enum as EnumMetric
 
+from finetune_runtime.contract import run_identity
 from finetune_runtime.progress.document import CheckpointInfo, ProgressDocument, TrainingState
 
 STATES: tuple[str, ...] = get_args(TrainingState)
@@ -78,6 +79,9 @@ class _Metrics:
 class ProgressReporter:
     """Thread-safe progress state of one training run (rank 0's view).
 
+    The document names the FineTuneJob and attempt from `env` (the pod's environment, by
+    default), so `/progress` and the logs say which gang they describe.
+
     `clock` is a monotonic seconds source used for rates and the ETA; `now`
     gives the wall-clock timestamps shown to users. Both are injectable so the
     arithmetic can be tested without sleeping.
@@ -92,6 +96,7 @@ class ProgressReporter:
         now: Callable[[], datetime] = _utcnow,
         window: int = DEFAULT_WINDOW,
         registry: CollectorRegistry | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1 step")
@@ -104,7 +109,14 @@ class ProgressReporter:
         self._samples: deque[tuple[float, int, int]] = deque(maxlen=window + 1)
         self._anchor = clock()
         self._tokens = 0
-        self._doc = ProgressDocument(world_size=world_size, progress=0.0, updated_at=now())
+        job_name, attempt = run_identity(env)  # the operator's pod env; os.environ by default
+        self._doc = ProgressDocument(
+            world_size=world_size,
+            progress=0.0,
+            updated_at=now(),
+            job_name=job_name,
+            attempt=attempt,
+        )
         self._metrics.world_size.set(world_size)
         self._metrics.state.state(self._doc.state)
         self.set_total_steps(total_steps)

@@ -18,11 +18,16 @@ from urllib.parse import urlsplit
 
 from prometheus_client.exposition import choose_encoder
 
-from finetune_runtime.progress.document import METRICS_PATH, PROGRESS_PATH, PROGRESS_PORT
+from finetune_runtime.contract import (
+    ENV_PROGRESS_PORT,
+    HEALTH_PATH,
+    METRICS_PATH,
+    PROGRESS_PATH,
+    PROGRESS_PORT,
+)
 from finetune_runtime.progress.reporting import ProgressReporter
 
-PORT_ENV = "FINETUNE_PROGRESS_PORT"
-HEALTH_PATH = "/healthz"
+PORT_ENV = ENV_PROGRESS_PORT
 # A connection that sends nothing for this long is closed: an idle keep-alive (or a
 # client that never sends its request) must not hold a server thread forever.
 IDLE_TIMEOUT_S = 30.0

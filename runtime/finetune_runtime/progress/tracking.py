@@ -236,7 +236,7 @@ class Tracking:
 
 
 def _brief(exc: Exception) -> str:
-    from finetune_runtime.storage.s3 import redact
+    from finetune_runtime.storage.redact import redact
 
     return redact(" ".join(str(exc).split()))[:300]
 

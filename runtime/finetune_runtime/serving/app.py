@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from finetune_runtime import contract
 from finetune_runtime.serving import responses as r
 from finetune_runtime.serving.engine import Engine, EngineStats
 from finetune_runtime.serving.generation import Generation
@@ -98,11 +99,11 @@ def create_app(loader: Callable[[], LoadedModel], state: ServerState) -> FastAPI
     app = FastAPI(title="finetune serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     _install_errors(app, state)
 
-    @app.get("/healthz")
+    @app.get(contract.HEALTH_PATH)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get(contract.READY_PATH)
     async def readyz() -> Response:
         if state.engine is None:
             return JSONResponse({"status": "loading"}, status_code=503)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune_runtime import contract
 from finetune_runtime.errors import ConfigError, ModelError
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -113,20 +114,25 @@ def _from_config(path: Path, served_name: str | None) -> ServeSource:
     out = Path(config.output_dir)
     name = check_name(served_name or out.resolve().name, "--served-model-name")
     trust = config.trust_remote_code
-    if (out / "merged" / "config.json").is_file():
-        return ServeSource(base=str(out / "merged"), base_name=name, trust_remote_code=trust)
-    if (out / "adapter" / ADAPTER_CONFIG).is_file():
+    merged, adapter, model = (
+        out / contract.OUTPUT_MERGED,
+        out / contract.OUTPUT_ADAPTER,
+        out / contract.OUTPUT_MODEL,
+    )
+    if (merged / "config.json").is_file():
+        return ServeSource(base=str(merged), base_name=name, trust_remote_code=trust)
+    if (adapter / ADAPTER_CONFIG).is_file():
         base = resolve_model_source(config.base_model, path.resolve().parent)
-        has_tokenizer = (out / "adapter" / "tokenizer_config.json").is_file()
+        has_tokenizer = (adapter / "tokenizer_config.json").is_file()
         return ServeSource(
             base=base,
             base_name="base",
-            adapters={name: out / "adapter"},
-            tokenizer_dir=str(out / "adapter") if has_tokenizer else None,
+            adapters={name: adapter},
+            tokenizer_dir=str(adapter) if has_tokenizer else None,
             trust_remote_code=trust,
         )
-    if (out / "model" / "config.json").is_file():
-        return ServeSource(base=str(out / "model"), base_name=name, trust_remote_code=trust)
+    if (model / "config.json").is_file():
+        return ServeSource(base=str(model), base_name=name, trust_remote_code=trust)
     raise ModelError(
         f"{path}: no trained outputs in {out} (merged/, adapter/ or model/); "
         "run `finetune train` (and `finetune merge`) first"

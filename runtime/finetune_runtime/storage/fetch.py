@@ -1,4 +1,7 @@
-"""`finetune fetch`: S3 objects and prefixes → local files, safely and only once.
+"""Fetch S3 objects and prefixes to local files, safely and only once.
+
+The library behind `finetune fetch` (commands/fetch.py), `resolve_uri` (a config's
+`s3://` dataset or model) and the init containers the operator adds to worker pods.
 
 - Atomic: every object is downloaded to a hidden temp file in the destination
   directory, checked (size; MD5 for single-part ETags), fsynced, then
@@ -18,21 +21,18 @@
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune_runtime.contract import cache_root
 from finetune_runtime.errors import FetchError
 from finetune_runtime.storage.fetch_cache import (
     Journal,
     Layout,
     is_cached,
-    is_state_file,
     load_state,
     locked,
     make_entry,
@@ -42,39 +42,19 @@ from finetune_runtime.storage.fetch_cache import (
     write_manifest,
 )
 from finetune_runtime.storage.s3 import (
-    ADDRESSING_STYLES,
     RemoteObject,
     S3Location,
     S3Options,
-    client_error_info,
-    describe_error,
     endpoint_of,
     is_s3_uri,
     make_client,
+    options_with,
     parse_s3_uri,
-    redact,
 )
-from finetune_runtime.storage.transfer import (
-    Job,
-    MiB,
-    TransferSettings,
-    download_all,
-    progress_bar,
-    remote_matches,
-    upload_all,
-)
+from finetune_runtime.storage.s3_errors import client_error_info, describe_error
+from finetune_runtime.storage.transfer import Job, TransferSettings, download_all, progress_bar
 
-__all__ = [
-    "FetchReport",
-    "TransferSettings",
-    "UploadReport",
-    "add_fetch_arguments",
-    "fetch",
-    "fetch_detailed",
-    "resolve_uri",
-    "run_fetch",
-    "upload",
-]
+__all__ = ["FetchReport", "TransferSettings", "fetch", "fetch_detailed", "resolve_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +68,6 @@ class FetchReport:
     cached: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     bytes_downloaded: int = 0
-
-
-@dataclass
-class UploadReport:
-    uri: str
-    uploaded: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    bytes_uploaded: int = 0
 
 
 # -- public API -------------------------------------------------------------------
@@ -144,7 +116,7 @@ def fetch_detailed(
     """`fetch`, returning what was downloaded, reused from cache and removed."""
     loc = parse_s3_uri(uri)
     transfer = transfer or TransferSettings()
-    client = client or make_client(_options(options, endpoint_url, region))
+    client = client or make_client(options_with(options, endpoint_url, region))
     endpoint = endpoint_of(client)
     loc, objects, single = _plan(client, loc, endpoint)
     layout = Layout.for_fetch(loc, dest, objects, single)
@@ -199,8 +171,6 @@ def resolve_uri(uri: str | os.PathLike[str], **kwargs: Any) -> Path:
     """
     if not is_s3_uri(uri):
         return Path(os.fspath(uri)).expanduser()
-    from finetune_runtime.model.tiny import cache_root
-
     loc = parse_s3_uri(str(uri))
     rel = safe_relpath(loc.key.rstrip("/"), loc.uri) if loc.key.strip("/") else None
     dest = cache_root() / "s3" / loc.bucket
@@ -210,172 +180,7 @@ def resolve_uri(uri: str | os.PathLike[str], **kwargs: Any) -> Path:
     return fetch(str(uri), dest, **kwargs)
 
 
-def upload(
-    src: Path | str,
-    uri: str,
-    *,
-    endpoint_url: str | None = None,
-    region: str | None = None,
-    options: S3Options | None = None,
-    transfer: TransferSettings | None = None,
-    show_progress: bool | None = None,
-    client: Any = None,
-) -> UploadReport:
-    """Upload a file or a directory tree (e.g. the final adapter) to an S3 URI.
-
-    A file goes to `uri` (or `uri/NAME` when `uri` ends with '/'); a directory's
-    files go under `uri` as a prefix. Objects whose size and ETag already match
-    the local file are not uploaded again. Hidden fetch state files are skipped.
-    """
-    src = Path(src)
-    loc = parse_s3_uri(uri)
-    transfer = transfer or TransferSettings()
-    client = client or make_client(_options(options, endpoint_url, region))
-    endpoint = endpoint_of(client)
-    if src.is_file():
-        key = loc.key + src.name if loc.is_prefix else loc.key
-        files = [(src, key)]
-        root = S3Location(loc.bucket, key)
-    elif src.is_dir():
-        loc = loc.as_prefix()
-        root = loc
-        files = [
-            (path, loc.key + path.relative_to(src).as_posix())
-            for path in sorted(src.rglob("*"))
-            if path.is_file() and not is_state_file(path.name)
-        ]
-    else:
-        raise FetchError(f"cannot upload {src}: no such file or directory")
-    report = UploadReport(uri=root.uri)
-    cfg = transfer.s3transfer_config()
-    todo: list[tuple[Path, str]] = []
-    for path, key in files:
-        if remote_matches(client, loc.bucket, key, path, cfg, endpoint):
-            report.unchanged.append(key)
-        else:
-            todo.append((path, key))
-    if todo:
-        with progress_bar(show_progress, f"upload {root.uri}") as bar:
-            bar.add(sum(p.stat().st_size for p, _ in todo), len(todo))
-
-            def finished(path: Path, key: str) -> None:
-                report.uploaded.append(key)
-                report.bytes_uploaded += path.stat().st_size
-
-            upload_all(client, loc.bucket, todo, transfer, bar, endpoint, finished)
-    log.info(
-        "uploaded %s → %s: %d uploaded (%d bytes), %d unchanged",
-        src,
-        root.uri,
-        len(report.uploaded),
-        report.bytes_uploaded,
-        len(report.unchanged),
-    )
-    return report
-
-
-# -- CLI glue (wired by finetune_runtime.cli) ------------------------------------------
-
-
-def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `finetune fetch URI DEST [--endpoint-url U] [--region R] [--upload]`."""
-    parser.add_argument(
-        "uri", metavar="URI", help="s3://BUCKET/KEY (a file) or s3://BUCKET/PREFIX/"
-    )
-    parser.add_argument("dest", metavar="DEST", help="local file or directory")
-    parser.add_argument(
-        "--endpoint-url",
-        help="S3-compatible endpoint (MinIO, Ceph); default $AWS_ENDPOINT_URL or AWS",
-    )
-    parser.add_argument("--region", help="bucket region; default $AWS_REGION / boto3's config")
-    parser.add_argument(
-        "--upload",
-        action="store_true",
-        help="the other way round: upload DEST (a file or directory) to URI",
-    )
-    parser.add_argument(
-        "--addressing-style",
-        choices=ADDRESSING_STYLES,
-        help="bucket addressing; default path-style with a custom endpoint, else auto",
-    )
-    parser.add_argument(
-        "--path-style",
-        dest="addressing_style",
-        action="store_const",
-        const="path",
-        help="same as --addressing-style path",
-    )
-    parser.add_argument(
-        "--no-sign-request", action="store_true", help="anonymous access to a public bucket"
-    )
-    parser.add_argument(
-        "--max-attempts", type=int, help="attempts per request (botocore retries, default 5)"
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=TransferSettings.max_concurrency,
-        help="parallel requests",
-    )
-    parser.add_argument(
-        "--chunk-size-mb",
-        type=int,
-        default=TransferSettings.multipart_chunksize // MiB,
-        help="multipart part size in MiB",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run_fetch(args: argparse.Namespace) -> int:
-    """Run `finetune fetch` from parsed arguments; prints the result, returns the exit code."""
-    options = S3Options(
-        endpoint_url=args.endpoint_url,
-        region=args.region,
-        addressing_style=args.addressing_style,
-        anonymous=args.no_sign_request,
-        max_attempts=args.max_attempts,
-    )
-    chunk = max(5, args.chunk_size_mb) * MiB
-    transfer = TransferSettings(
-        multipart_threshold=max(chunk, TransferSettings.multipart_threshold),
-        multipart_chunksize=chunk,
-        max_concurrency=max(1, args.concurrency),
-    )
-    show = False if args.no_progress else None
-    try:
-        if args.upload:
-            up = upload(args.dest, args.uri, options=options, transfer=transfer, show_progress=show)
-            print(
-                f"uploaded {len(up.uploaded)} file(s), {len(up.unchanged)} unchanged → {up.uri}",
-                file=sys.stderr,
-            )
-            print(up.uri)
-        else:
-            rep = fetch_detailed(
-                args.uri, args.dest, options=options, transfer=transfer, show_progress=show
-            )
-            print(
-                f"fetched {len(rep.downloaded)} object(s) ({_human(rep.bytes_downloaded)}), "
-                f"{len(rep.cached)} cached, {len(rep.removed)} removed → {rep.path}",
-                file=sys.stderr,
-            )
-            print(rep.path)
-    except FetchError as exc:
-        print(f"finetune fetch: error: {redact(str(exc))}", file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
 # -- planning -----------------------------------------------------------------------
-
-
-def _options(options: S3Options | None, endpoint_url: str | None, region: str | None) -> S3Options:
-    options = options or S3Options()
-    if endpoint_url:
-        options = dataclasses.replace(options, endpoint_url=endpoint_url)
-    if region:
-        options = dataclasses.replace(options, region=region)
-    return options
 
 
 def _plan(
@@ -425,12 +230,3 @@ def _list(client: Any, loc: S3Location, endpoint: str) -> list[RemoteObject]:
     except Exception as exc:
         raise describe_error(exc, action="listing", uri=loc.uri, endpoint=endpoint) from None
     return objects
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"

@@ -32,12 +32,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from finetune_runtime import contract
 from finetune_runtime.errors import CheckpointError, LockedError
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".finetune.lock"
-WAIT_ENV = "FINETUNE_LOCK_WAIT"
+WAIT_ENV = contract.ENV_LOCK_WAIT
 POD_WAIT_S = 120.0
 _BUSY = (errno.EACCES, errno.EAGAIN)
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)

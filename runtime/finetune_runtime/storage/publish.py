@@ -17,21 +17,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from finetune_runtime.config import unmergeable_reason
+from finetune_runtime import contract
 from finetune_runtime.errors import ConfigError
+from finetune_runtime.storage.upload import upload
 
 log = logging.getLogger(__name__)
 
-URI_ENV = "FINETUNE_OUTPUT_URI"
-MERGE_ENV = "FINETUNE_OUTPUT_MERGE"
-ENDPOINT_ENV = "FINETUNE_OUTPUT_ENDPOINT_URL"
-REGION_ENV = "FINETUNE_OUTPUT_REGION"
-MERGED = "merged"
+URI_ENV = contract.ENV_OUTPUT_URI
+MERGE_ENV = contract.ENV_OUTPUT_MERGE
+ENDPOINT_ENV = contract.ENV_OUTPUT_ENDPOINT_URL
+REGION_ENV = contract.ENV_OUTPUT_REGION
+MERGED = contract.OUTPUT_MERGED
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
@@ -84,31 +84,23 @@ def resolve_target(
 
 def check_target(target: OutputTarget, adapter: str) -> None:
     """Refuse what cannot work before training starts, not after hours of it."""
-    if target.merge and adapter == "none":
-        raise ConfigError(
-            "--merge: a full fine-tune (adapter: none) has no adapter to merge; its model is "
-            "uploaded as it is: drop --merge"
-        )
-    reason = unmergeable_reason(adapter) if target.merge else None
+    reason = contract.merge_refusal(adapter) if target.merge else None
     if reason is not None:
-        raise ConfigError(f"--merge: {reason}; drop --merge")
+        raise ConfigError(f"--merge: {reason}: drop --merge")
 
 
 def output_uris(target: OutputTarget, weights_name: str) -> dict[str, str]:
     """{"adapter"|"model": URI, "merged": URI}: where each part lands (pure)."""
-    uris = {weights_name: f"{target.uri}/{weights_name}/"}
-    if target.merge:
-        uris[MERGED] = f"{target.uri}/{MERGED}/"
-    return uris
+    return contract.output_uris(target.uri, weights_name, target.merge)
 
 
 def publish(
-    target: OutputTarget, config: Any, weights_dir: Path, base_dir: Path | None = None
+    target: OutputTarget, weights_dir: Path, merged: Callable[[], Path] | None = None
 ) -> dict[str, str]:
-    """Upload the final weights (and merge + upload); returns the URIs written."""
-    from finetune_runtime.model.merge import merge
-    from finetune_runtime.storage.fetch import upload
-
+    """Upload the final weights and, with `target.merge`, the directory `merged()` builds
+    (the caller's `model.merge`, so storage needs no model code); returns the URIs written."""
+    if target.merge and merged is None:
+        raise ValueError("publish: target.merge needs `merged`, the step that builds it")
     uris = output_uris(target, weights_dir.name)
 
     def send(src: Path, uri: str) -> None:
@@ -117,7 +109,7 @@ def publish(
         )
 
     send(weights_dir, uris[weights_dir.name])
-    if target.merge:
-        send(merge(config, adapter=weights_dir, base_dir=base_dir), uris[MERGED])
+    if target.merge and merged is not None:
+        send(merged(), uris[MERGED])
     log.info("published %s", ", ".join(f"{k} → {v}" for k, v in uris.items()))
     return uris

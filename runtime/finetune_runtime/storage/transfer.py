@@ -1,9 +1,10 @@
-"""Moving bytes: s3transfer-managed multipart transfers with whole-object retry rounds.
+"""Moving bytes down: s3transfer-managed multipart downloads with whole-object retry rounds.
 
 botocore retries each request and s3transfer retries a body that breaks
 mid-stream; objects that still fail (or arrive corrupted) are retried here in
 rounds with backoff. A download is verified (size; MD5 for single-part ETags)
-and fsynced before it is renamed into place.
+and fsynced before it is renamed into place. The settings, the backoff and the
+progress bar are shared with `storage.upload`.
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ from typing import Any
 
 from finetune_runtime.errors import FetchError
 from finetune_runtime.storage.fetch_cache import temp_for
-from finetune_runtime.storage.s3 import (
-    RemoteObject,
-    S3Location,
+from finetune_runtime.storage.redact import redact
+from finetune_runtime.storage.s3 import RemoteObject, S3Location
+from finetune_runtime.storage.s3_errors import (
     TransferIntegrityError,
     client_error_info,
     describe_error,
     is_retryable,
-    redact,
 )
 
 log = logging.getLogger("finetune_runtime.storage.fetch")
@@ -73,37 +73,16 @@ def download_all(
     endpoint: str,
     finished: Callable[[Job], None],
 ) -> None:
+    """Download every job to a temp file, verify it, rename it into place, call `finished`.
+
+    Objects that failed in a retryable way are tried again in rounds with backoff; the
+    first failure that is not retryable (or the last round's) becomes a FetchError."""
     from s3transfer.manager import TransferManager
 
     pending = jobs
     with TransferManager(client, transfer.s3transfer_config()) as manager:
         for attempt in range(1, max(1, transfer.attempts) + 1):
-            submitted = []
-            try:
-                for job in pending:
-                    job.local.parent.mkdir(parents=True, exist_ok=True)
-                    job.tmp = temp_for(job.local)
-                    future = manager.download(
-                        loc.bucket,
-                        job.obj.key,
-                        str(job.tmp),
-                        subscribers=[_KnownObject(job.obj), bar.subscriber(job.obj.key)],
-                    )
-                    submitted.append((job, future))
-                failed: list[tuple[Job, BaseException]] = []
-                for job, future in submitted:
-                    try:
-                        future.result()
-                        _verify(client, loc.bucket, job)
-                        os.replace(job.tmp, job.local)  # type: ignore[arg-type]
-                        finished(job)
-                    except Exception as exc:
-                        _discard(job.tmp)
-                        failed.append((job, exc))
-            except BaseException:
-                for job, _ in submitted:
-                    _discard(job.tmp)
-                raise
+            failed = _download_round(manager, client, loc, pending, bar, finished)
             if not failed:
                 return
             fatal = [(j, e) for j, e in failed if not is_retryable(e)]
@@ -120,15 +99,54 @@ def download_all(
                     "retrying s3://%s/%s after %s (round %d of %d)",
                     loc.bucket,
                     job.obj.key,
-                    redact(_short(error)),
+                    redact(short_error(error)),
                     attempt + 1,
                     transfer.attempts,
                 )
                 code, _ = client_error_info(error)
                 if code == "PreconditionFailed" or "ETag" in str(error):
                     job.obj = _refresh(client, loc.bucket, job.obj, endpoint)
-            _sleep_backoff(transfer.backoff, attempt)
+            sleep_backoff(transfer.backoff, attempt)
             pending = [job for job, _ in failed]
+
+
+def _download_round(
+    manager: Any,
+    client: Any,
+    loc: S3Location,
+    jobs: list[Job],
+    bar: Bar,
+    finished: Callable[[Job], None],
+) -> list[tuple[Job, BaseException]]:
+    """One round: submit every job, then settle each; returns the ones that failed.
+    Temp files of failed (or, on an interrupt, all) jobs are removed."""
+    submitted = []
+    try:
+        for job in jobs:
+            job.local.parent.mkdir(parents=True, exist_ok=True)
+            job.tmp = temp_for(job.local)
+            future = manager.download(
+                loc.bucket,
+                job.obj.key,
+                str(job.tmp),
+                subscribers=[_KnownObject(job.obj), bar.subscriber(job.obj.key)],
+            )
+            submitted.append((job, future))
+        failed: list[tuple[Job, BaseException]] = []
+        for job, future in submitted:
+            try:
+                future.result()
+                _verify(client, loc.bucket, job)
+                os.replace(job.tmp, job.local)  # type: ignore[arg-type]
+                finished(job)
+            except Exception as exc:
+                _discard(job.tmp)
+                failed.append((job, exc))
+    except BaseException:
+        for job, _ in submitted:
+            _discard(job.tmp)
+        raise
+    return failed
 
 
 def _refresh(client: Any, bucket: str, obj: RemoteObject, endpoint: str) -> RemoteObject:
@@ -175,89 +193,14 @@ def _discard(path: Path | None) -> None:
             path.unlink()
 
 
-def upload_all(
-    client: Any,
-    bucket: str,
-    files: list[tuple[Path, str]],
-    transfer: TransferSettings,
-    bar: Bar,
-    endpoint: str,
-    finished: Callable[[Path, str], None],
-) -> None:
-    from s3transfer.manager import TransferManager
-
-    pending = files
-    with TransferManager(client, transfer.s3transfer_config()) as manager:
-        for attempt in range(1, max(1, transfer.attempts) + 1):
-            futures = [
-                (
-                    path,
-                    key,
-                    manager.upload(str(path), bucket, key, subscribers=[bar.subscriber(key)]),
-                )
-                for path, key in pending
-            ]
-            failed: list[tuple[Path, str, BaseException]] = []
-            for path, key, future in futures:
-                try:
-                    future.result()
-                    finished(path, key)
-                except Exception as exc:
-                    failed.append((path, key, exc))
-            if not failed:
-                return
-            fatal = [f for f in failed if not is_retryable(f[2])]
-            if fatal or attempt >= transfer.attempts:
-                _, key, error = (fatal or failed)[0]
-                err = describe_error(
-                    error, action="uploading to", uri=f"s3://{bucket}/{key}", endpoint=endpoint
-                )
-                if not fatal:
-                    err = FetchError(f"{err} (gave up after {attempt} rounds of retries)")
-                raise err from None
-            for _path, key, error in failed:
-                bar.rewind(key)
-                log.warning("retrying upload of %s after %s", key, redact(_short(error)))
-            _sleep_backoff(transfer.backoff, attempt)
-            pending = [(p, k) for p, k, _ in failed]
-
-
-def remote_matches(client: Any, bucket: str, key: str, path: Path, cfg: Any, endpoint: str) -> bool:
-    try:
-        head = client.head_object(Bucket=bucket, Key=key)
-    except Exception as exc:
-        code, status = client_error_info(exc)
-        if status in (403, 404) or code in ("404", "403", "NoSuchKey"):
-            return False  # absent (or not listable): upload
-        raise describe_error(
-            exc, action="uploading to", uri=f"s3://{bucket}/{key}", endpoint=endpoint
-        ) from None
-    size = path.stat().st_size
-    if int(head["ContentLength"]) != size:
-        return False
-    return head["ETag"].strip('"') == local_etag(path, size, cfg)
-
-
-def local_etag(path: Path, size: int, cfg: Any) -> str:
-    """The ETag S3 computes for this file uploaded with `cfg` (single or multipart MD5)."""
-    from s3transfer.utils import ChunksizeAdjuster
-
-    with path.open("rb") as fh:
-        if size < cfg.multipart_threshold:
-            return hashlib.file_digest(fh, "md5").hexdigest()
-        part = ChunksizeAdjuster().adjust_chunksize(cfg.multipart_chunksize, size)
-        digests = []
-        while chunk := fh.read(part):
-            digests.append(hashlib.md5(chunk).digest())
-    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
-
-
-def _sleep_backoff(base: float, attempt: int) -> None:
+def sleep_backoff(base: float, attempt: int) -> None:
+    """Before retry round `attempt + 1`: `base` doubling per round, capped, with jitter."""
     delay = min(base * (2 ** (attempt - 1)), 30.0)
     time.sleep(delay * random.uniform(0.5, 1.0))
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """`Type: first line` of an exception, for a one-line retry log."""
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"[:300]
 

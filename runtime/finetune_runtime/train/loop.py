@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
+from finetune_runtime import contract
 from finetune_runtime.config import FineTuneConfig
 from finetune_runtime.data.pipeline import TokenizedDataset
 from finetune_runtime.data.tokenize import IGNORE_INDEX
@@ -51,8 +52,6 @@ from finetune_runtime.train.signals import GracefulStop
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "train_summary.json"
-ADAPTER_DIR = "adapter"
-MODEL_DIR = "model"
 TRAIN_SAMPLES = 3  # training prompts `finetune run` shows generations for
 
 
@@ -422,7 +421,7 @@ class Trainer:
         }
 
     def _weights_name(self) -> str:
-        return MODEL_DIR if self.config.adapter == "none" else ADAPTER_DIR
+        return contract.weights_dir_name(self.config.adapter)
 
     def save_checkpoint(self) -> Path:
         guards.check_weights_finite(self.backend, self.step)  # never save NaN/Inf weights

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from finetune_runtime import contract
 from finetune_runtime.errors import CheckpointError, LaunchError
 from finetune_runtime.train.backends.base import BackendOptions, DistCollectives, distributed_env
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 DS_TAG = "deepspeed"  # checkpoint-<step>/deepspeed/ holds DeepSpeed's files
 TRAINABLE_MANIFEST = "deepspeed_trainable.json"
-CPU_ADAM_ENV = "FINETUNE_DS_CPU_ADAM"  # 1: use DeepSpeedCPUAdam under optimizer offload
+CPU_ADAM_ENV = contract.ENV_DS_CPU_ADAM  # 1: use DeepSpeedCPUAdam under optimizer offload
 
 
 def _free_port() -> int:
