@@ -33,11 +33,15 @@ def preset_text(name: str) -> str:
 
 def render_preset(name: str) -> str:
     """The preset ready to write: placeholders replaced by absolute, YAML-quoted paths."""
-    from finetune_runtime.data import packaged_data_path
-
     text = preset_text(name)
     for marker, filename in PLACEHOLDERS.items():
         if marker in text:
             # A JSON string is a valid YAML double-quoted scalar, whatever the path holds.
-            text = text.replace(marker, json.dumps(str(packaged_data_path(filename))))
+            text = text.replace(marker, json.dumps(_packaged_data(filename)))
     return text
+
+
+def _packaged_data(filename: str) -> str:
+    """A sample file shipped in finetune_runtime/data/ (found without importing `data`,
+    which the schema layer must not)."""
+    return str(resources.files("finetune_runtime") / "data" / filename)
