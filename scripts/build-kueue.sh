@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds Kueue (sigs.k8s.io/kueue), the job-queueing controller the operator's Kueue integration
 # is tested against, from the Go module pinned in kube/addons/kueue/ into .cache/kube/kueue/<version>/:
-# the kueue controller manager, plus its CRDs, webhook manifests and manager ClusterRole copied
+# the kueue controller manager, plus its CRDs, webhook manifests and manager roles copied
 # out of the same module's source (config/components/...), so the tests install exactly what that
 # release ships.
 # A stamp of the pins makes it a no-op until the pin or this script changes. It lives apart from
@@ -28,10 +28,10 @@ echo "make kube: building kueue ${version}" >&2
   -o "../../../$out/kueue" sigs.k8s.io/kueue/cmd/kueue)
 src=$(cd "$pin" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)
 rm -rf "$out/config"
-mkdir -p "$out/config/crds"
+mkdir -p "$out/config/crds" "$out/config/rbac"
 cp "$src"/config/components/crd/bases/*.yaml "$out/config/crds/"
 cp "$src/config/components/webhook/manifests.yaml" "$out/config/webhooks.yaml"
-cp "$src/config/components/rbac/role.yaml" "$out/config/manager-role.yaml"
+cp "$src"/config/components/rbac/{role,manager_secrets_role}.yaml "$out/config/rbac/"
 chmod -R u+w "$out/config"
 echo "$pins" > "$out/.pins"
 echo "make kube: built kueue ${version} in $(( $(date +%s) - start )) s, $(du -sh "$out" | cut -f1)" >&2

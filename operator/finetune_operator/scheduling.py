@@ -1,8 +1,9 @@
 """Gang admission: Kueue pod groups and the gang schedulers' PodGroups (pure builders).
 
 - Kueue (plain-pod integration): a `kueue.x-k8s.io/queue-name` label on the FineTuneJob
-  makes each gang attempt one Kueue pod group; Kueue gates the pods
-  (`kueue.x-k8s.io/admission`) until the whole group fits its ClusterQueue's quota.
+  makes each gang attempt one Kueue pod group, not retriable in place (the operator
+  replaces whole gangs); Kueue gates the pods (`kueue.x-k8s.io/admission`) until the whole
+  group fits its ClusterQueue's quota.
 - `spec.runPolicy.schedulingPolicy.scheduler: coscheduling | volcano`: the operator
   creates a PodGroup (scheduler-plugins' scheduling.x-k8s.io/v1alpha1 or Volcano's
   scheduling.volcano.sh/v1beta1) owned by the job and points every worker at it.
@@ -19,6 +20,10 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_TOTAL_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
 KUEUE_GATE = "kueue.x-k8s.io/admission"
+# Each gang attempt is its own pod group and is never refilled: without this, Kueue keeps a
+# group with a failed or deleted worker admitted "waiting for replacement pods", and its
+# `kueue.x-k8s.io/managed` finalizer on the old pods blocks gang replacement and deletion.
+KUEUE_RETRIABLE_ANNOTATION = "kueue.x-k8s.io/retriable-in-group"
 
 COSCHEDULING_API = "scheduling.x-k8s.io/v1alpha1"
 COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
@@ -32,7 +37,7 @@ DEFAULT_SCHEDULER_NAMES = {"coscheduling": COSCHEDULING_SCHEDULER, "volcano": VO
 
 # Keys the operator sets on worker pods for gang admission: podTemplate may not set them.
 RESERVED_LABELS = (KUEUE_QUEUE_LABEL, KUEUE_GROUP_LABEL, COSCHEDULING_LABEL)
-RESERVED_ANNOTATIONS = (KUEUE_TOTAL_ANNOTATION, VOLCANO_ANNOTATION)
+RESERVED_ANNOTATIONS = (KUEUE_TOTAL_ANNOTATION, KUEUE_RETRIABLE_ANNOTATION, VOLCANO_ANNOTATION)
 
 
 class SchedulingPolicy(BaseModel):
@@ -98,6 +103,7 @@ def gang_pod_metadata(
         labels[KUEUE_QUEUE_LABEL] = queue
         labels[KUEUE_GROUP_LABEL] = kueue_group_name(job, attempt)
         annotations[KUEUE_TOTAL_ANNOTATION] = str(nodes)
+        annotations[KUEUE_RETRIABLE_ANNOTATION] = "false"
     scheduler = policy.scheduler if policy is not None else "default"
     if scheduler == "coscheduling":
         labels[COSCHEDULING_LABEL] = pod_group_name(job)

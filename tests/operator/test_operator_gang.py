@@ -78,6 +78,8 @@ def test_kueue_queue_label_makes_each_gang_one_pod_group():
         assert labels["kueue.x-k8s.io/queue-name"] == "team-a"
         assert labels["kueue.x-k8s.io/pod-group-name"] == "llama-a1"
         assert annotations["kueue.x-k8s.io/pod-group-total-count"] == "2"
+        # never refilled in place: the operator replaces whole gangs under a new group
+        assert annotations["kueue.x-k8s.io/retriable-in-group"] == "false"
         kubernetes_validate.validate(worker, "1.37", strict=True)
 
 
