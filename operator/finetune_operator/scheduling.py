@@ -24,6 +24,7 @@ KUEUE_GATE = "kueue.x-k8s.io/admission"
 # group with a failed or deleted worker admitted "waiting for replacement pods", and its
 # `kueue.x-k8s.io/managed` finalizer on the old pods blocks gang replacement and deletion.
 KUEUE_RETRIABLE_ANNOTATION = "kueue.x-k8s.io/retriable-in-group"
+KUEUE_WORKLOAD_API, KUEUE_WORKLOADS = "kueue.x-k8s.io/v1beta2", "workloads"
 
 COSCHEDULING_API = "scheduling.x-k8s.io/v1alpha1"
 COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
@@ -144,6 +145,22 @@ def pod_group_manifest(
     if policy.priority_class is not None:
         spec["priorityClassName"] = policy.priority_class
     return {"apiVersion": VOLCANO_API, "kind": "PodGroup", "metadata": meta, "spec": spec}
+
+
+def kueue_workload_to_release(pod: dict[str, Any]) -> str | None:
+    """The Kueue Workload to delete for a worker deleted before its gang was admitted.
+
+    Kueue keeps its `kueue.x-k8s.io/managed` finalizer on the pods of a pod group it has
+    not admitted until the group's Workload (named like the group) is deleted: deleting a
+    queued job, or replacing or suspending a queued gang, would otherwise leave its pods
+    terminating forever (observed with Kueue v0.17.0; Kueue's documented way out).
+    """
+    meta = pod.get("metadata") or {}
+    group = (meta.get("labels") or {}).get(KUEUE_GROUP_LABEL)
+    if not group or not meta.get("deletionTimestamp"):
+        return None
+    gates = (pod.get("spec") or {}).get("schedulingGates") or []
+    return str(group) if any(gate.get("name") == KUEUE_GATE for gate in gates) else None
 
 
 def admission_state(pods: list[dict[str, Any]]) -> str | None:

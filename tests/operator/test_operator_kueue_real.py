@@ -18,7 +18,7 @@ from kubeharness.cluster import Cluster, wait_for
 from kubeharness.control_plane import ControlPlane
 from kubeharness.kueue import API, Kueue
 from kubeharness.node_agent import NodeAgent
-from kubeharness.operator_process import OperatorProcess
+from kubeharness.operator_process import Identity, OperatorProcess
 
 pytestmark = pytest.mark.slow
 
@@ -233,8 +233,12 @@ def test_kueue_admits_one_gang_at_a_time_within_quota(
     wait_admitted(cluster, node, kns, second)
 
 
-def test_kueue_deleting_the_admitted_job_admits_the_queued_one(
-    cluster: Cluster, node: NodeAgent, operator: OperatorProcess, kns: str
+def test_kueue_deleting_jobs_releases_quota_and_pods(
+    cluster: Cluster,
+    node: NodeAgent,
+    operator: OperatorProcess,
+    operator_identity: Identity,
+    kns: str,
 ):
     create_job(cluster, kns, "first")
     wait_for(lambda: admitted(workloads(cluster, kns).get("first-a1") or {}), 60, what="first")
@@ -250,3 +254,18 @@ def test_kueue_deleting_the_admitted_job_admits_the_queued_one(
     cluster.delete_job(kns, "first")
     wait_for(lambda: pods_of(cluster, kns, "first") == [], 60, what="first's pods gone")
     wait_admitted(cluster, node, kns, "second")
+
+    # A job deleted while still queued goes too: gated pods are never stuck on Kueue.
+    create_job(cluster, kns, "third")
+    wait_for(lambda: len(pods_of(cluster, kns, "third")) == 2, what="third's gang created")
+    assert_queued(cluster, kns, "third")
+    cluster.delete_job(kns, "third")
+    wait_for(lambda: pods_of(cluster, kns, "third") == [], 60, what="third's pods gone")
+    wait_for(lambda: "third-a1" not in workloads(cluster, kns), 60, what="third's Workload gone")
+    # The operator released it, with the chart's RBAC (never a 403).
+    codes = {
+        e["responseStatus"]["code"]
+        for e in cluster.requests_by(operator_identity.username)
+        if e["verb"] == "delete" and (e.get("objectRef") or {}).get("name") == "third-a1"
+    }
+    assert codes & {200, 202} and codes <= {200, 202, 404}, codes
