@@ -269,3 +269,33 @@ def test_kueue_deleting_jobs_releases_quota_and_pods(
         if e["verb"] == "delete" and (e.get("objectRef") or {}).get("name") == "third-a1"
     }
     assert codes & {200, 202} and codes <= {200, 202, 404}, codes
+
+
+def test_kueue_gang_replacement_is_admitted_as_a_new_group(
+    cluster: Cluster, node: NodeAgent, operator: OperatorProcess, kns: str
+):
+    create_job(cluster, kns, "llama")
+    pods = wait_admitted(cluster, node, kns, "llama")
+    for pod in pods:
+        node.run(pod)
+    node.finish(pods[1], exit_code=137)  # a worker dies: the operator replaces the gang
+
+    # Attempt 1's group finishes (not retriable in place), its pods are released and gone;
+    # attempt 2 is a new pod group, admitted into the quota attempt 1 gave back.
+    wait_for(lambda: pods_of(cluster, kns, "llama", 1) == [], 60, what="attempt 1 gone")
+    new = wait_for(
+        lambda: (ps := pods_of(cluster, kns, "llama", 2)) and len(ps) == 2 and ps,
+        60,
+        what="attempt 2 created",
+    )
+    assert {p["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] for p in new} == {"llama-a2"}
+    wait_for(lambda: admitted(workloads(cluster, kns).get("llama-a2") or {}), 60, what="a2")
+    wait_for(
+        lambda: all(
+            not gated(p) and p["spec"].get("nodeName") == node.node_name
+            for p in pods_of(cluster, kns, "llama", 2)
+        ),
+        60,
+        what="attempt 2 ungated and bound",
+    )
+    assert cluster.status(kns, "llama")["attempt"] == 2
