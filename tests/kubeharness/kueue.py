@@ -38,6 +38,7 @@ from kubeharness import processes
 from kubeharness.api import ApiError
 from kubeharness.cluster import Cluster, wait_for
 from kubeharness.control_plane import ROOT, ControlPlane, free_port
+from kubeharness.control_plane import kubeconfig as kubeconfig_for
 
 MODULE = ROOT / "kube" / "addons" / "kueue" / "go.mod"
 API = "kueue.x-k8s.io/v1beta2"
@@ -200,7 +201,7 @@ class Kueue:
 
         client = pki.client(USER, USER)
         kubeconfig = self.workdir / "kueue.kubeconfig"
-        self.plane._write_kubeconfig(kubeconfig, client=client)
+        kubeconfig.write_text(yaml.safe_dump(kubeconfig_for(self.plane.url, pki.ca, client=client)))
         self.health_port = free_port()
         config = self.workdir / "kueue-config.yaml"
         config.write_text(yaml.safe_dump(self._configuration(port, certs)))
