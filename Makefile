@@ -43,10 +43,12 @@ compat-axolotl: $(STAMP) $(AXOLOTL_STAMP)
 	FINETUNE_REQUIRE_AXOLOTL=1 AXOLOTL_VENV=$(AXOLOTL_VENV) $(PY) -m pytest tests/compat $(PYTEST_ARGS)
 
 ## The test control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok),
-## built from the Go modules pinned under kube/ into .cache/kube/<version>/; a no-op until a pin
-## changes. Needs Go 1.26+.
+## built from the Go modules pinned under kube/ into .cache/kube/<version>/, and Kueue (pinned in
+## kube/addons/kueue/, into .cache/kube/kueue/<version>/, with its CRDs and webhook manifests from
+## the module source); each a no-op until its pin changes. Needs Go 1.26+.
 kube:
 	./scripts/build-kube.sh
+	./scripts/build-kueue.sh
 
 ## The peer controllers the operator bench runs beside ours (Kubeflow training-operator), built
 ## from the Go modules pinned under kube/peers/ into .cache/kube/peers/. Only `make bench` needs it.

@@ -30,6 +30,7 @@ from typing import Any
 import kopf
 
 from finetune_operator import constants as c
+from finetune_operator import scheduling as g
 from finetune_operator.controller import Controller
 from finetune_operator.kube import Kube
 from finetune_operator.manifests import PodSettings
@@ -193,8 +194,23 @@ POD_SELECTOR = f"{c.LABEL_MANAGED_BY}={c.MANAGER},{c.LABEL_JOB}"
 
 @kopf.on.event("", "v1", "pods", labels={c.LABEL_MANAGED_BY: c.MANAGER, c.LABEL_JOB: kopf.PRESENT})
 async def pod_changed(
-    namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
+    namespace: str | None, labels: Mapping[str, str], body: Any, memo: Any, **_: Any
 ) -> None:
-    """A worker pod changed (phase, IP, deletion): reconcile its job now."""
-    if namespace is not None:
-        _state(memo).wake(namespace, labels[c.LABEL_JOB])
+    """A worker pod changed (phase, IP, deletion): reconcile its job now. A worker deleted
+    while Kueue still queues its gang (also after its job is gone) releases the gang's
+    Workload, else Kueue's finalizer keeps the pods forever."""
+    if namespace is None:
+        return
+    state = _state(memo)
+    state.wake(namespace, labels[c.LABEL_JOB])
+    workload = g.kueue_workload_to_release(dict(body))
+    if workload is not None and state.controller is not None:
+        kube = state.controller.kube
+        await asyncio.get_running_loop().run_in_executor(
+            state.executor,
+            kube.delete_custom,
+            g.KUEUE_WORKLOAD_API,
+            g.KUEUE_WORKLOADS,
+            namespace,
+            workload,
+        )

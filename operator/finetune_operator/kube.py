@@ -151,6 +151,17 @@ class Kube:
             self.custom.get_namespaced_custom_object, group, version, namespace, plural, name
         )
 
+    def delete_custom(self, api_version: str, plural: str, namespace: str, name: str) -> None:
+        """Delete a namespaced custom object (a Kueue Workload); absent is fine."""
+        group, version = api_version.split("/", 1)
+        try:
+            self._json(
+                self.custom.delete_namespaced_custom_object, group, version, namespace, plural, name
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def create(self, manifest: Json) -> bool:
         """Create a child; False when it already existed (409)."""
         kind, meta = manifest["kind"], manifest["metadata"]

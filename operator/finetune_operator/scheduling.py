@@ -1,8 +1,9 @@
 """Gang admission: Kueue pod groups and the gang schedulers' PodGroups (pure builders).
 
 - Kueue (plain-pod integration): a `kueue.x-k8s.io/queue-name` label on the FineTuneJob
-  makes each gang attempt one Kueue pod group; Kueue gates the pods
-  (`kueue.x-k8s.io/admission`) until the whole group fits its ClusterQueue's quota.
+  makes each gang attempt one Kueue pod group, not retriable in place (the operator
+  replaces whole gangs); Kueue gates the pods (`kueue.x-k8s.io/admission`) until the whole
+  group fits its ClusterQueue's quota.
 - `spec.runPolicy.schedulingPolicy.scheduler: coscheduling | volcano`: the operator
   creates a PodGroup (scheduler-plugins' scheduling.x-k8s.io/v1alpha1 or Volcano's
   scheduling.volcano.sh/v1beta1) owned by the job and points every worker at it.
@@ -19,6 +20,11 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_TOTAL_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
 KUEUE_GATE = "kueue.x-k8s.io/admission"
+# Each gang attempt is its own pod group and is never refilled: without this, Kueue keeps a
+# group with a failed or deleted worker admitted "waiting for replacement pods", and its
+# `kueue.x-k8s.io/managed` finalizer on the old pods blocks gang replacement and deletion.
+KUEUE_RETRIABLE_ANNOTATION = "kueue.x-k8s.io/retriable-in-group"
+KUEUE_WORKLOAD_API, KUEUE_WORKLOADS = "kueue.x-k8s.io/v1beta2", "workloads"
 
 COSCHEDULING_API = "scheduling.x-k8s.io/v1alpha1"
 COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
@@ -32,7 +38,7 @@ DEFAULT_SCHEDULER_NAMES = {"coscheduling": COSCHEDULING_SCHEDULER, "volcano": VO
 
 # Keys the operator sets on worker pods for gang admission: podTemplate may not set them.
 RESERVED_LABELS = (KUEUE_QUEUE_LABEL, KUEUE_GROUP_LABEL, COSCHEDULING_LABEL)
-RESERVED_ANNOTATIONS = (KUEUE_TOTAL_ANNOTATION, VOLCANO_ANNOTATION)
+RESERVED_ANNOTATIONS = (KUEUE_TOTAL_ANNOTATION, KUEUE_RETRIABLE_ANNOTATION, VOLCANO_ANNOTATION)
 
 
 class SchedulingPolicy(BaseModel):
@@ -98,6 +104,7 @@ def gang_pod_metadata(
         labels[KUEUE_QUEUE_LABEL] = queue
         labels[KUEUE_GROUP_LABEL] = kueue_group_name(job, attempt)
         annotations[KUEUE_TOTAL_ANNOTATION] = str(nodes)
+        annotations[KUEUE_RETRIABLE_ANNOTATION] = "false"
     scheduler = policy.scheduler if policy is not None else "default"
     if scheduler == "coscheduling":
         labels[COSCHEDULING_LABEL] = pod_group_name(job)
@@ -138,6 +145,22 @@ def pod_group_manifest(
     if policy.priority_class is not None:
         spec["priorityClassName"] = policy.priority_class
     return {"apiVersion": VOLCANO_API, "kind": "PodGroup", "metadata": meta, "spec": spec}
+
+
+def kueue_workload_to_release(pod: dict[str, Any]) -> str | None:
+    """The Kueue Workload to delete for a worker deleted before its gang was admitted.
+
+    Kueue keeps its `kueue.x-k8s.io/managed` finalizer on the pods of a pod group it has
+    not admitted until the group's Workload (named like the group) is deleted: deleting a
+    queued job, or replacing or suspending a queued gang, would otherwise leave its pods
+    terminating forever (observed with Kueue v0.17.0; Kueue's documented way out).
+    """
+    meta = pod.get("metadata") or {}
+    group = (meta.get("labels") or {}).get(KUEUE_GROUP_LABEL)
+    if not group or not meta.get("deletionTimestamp"):
+        return None
+    gates = (pod.get("spec") or {}).get("schedulingGates") or []
+    return str(group) if any(gate.get("name") == KUEUE_GATE for gate in gates) else None
 
 
 def admission_state(pods: list[dict[str, Any]]) -> str | None:

@@ -40,7 +40,12 @@ CONFIG = {
 }
 # Granted although no request uses it: the OwnerReferencesPermissionEnforcement admission plugin
 # checks it when the operator sets blockOwnerDeletion on its children's owner references.
-NOT_A_CALL = {("finetune.dev", "finetunejobs/finalizers", "update")}
+NOT_A_CALL = {
+    ("finetune.dev", "finetunejobs/finalizers", "update"),
+    # Needs a running Kueue to gate pods: exercised, with the chart's RBAC, by
+    # tests/operator/test_operator_kueue_real.py (which checks the audit log for it).
+    ("kueue.x-k8s.io", "workloads", "delete"),
+}
 _runs = itertools.count(1)
 CRD_DIR = Path(__file__).resolve().parents[1] / "operator" / "crds"
 

@@ -325,6 +325,8 @@ class NodeAgent:
             code = run.current.exit_code if run.current is not None else None
             if code is not None and run.phase not in ("Succeeded", "Failed"):
                 run.report("Failed" if code else "Succeeded")
+        elif (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            self._report_killed(pod)
         meta = pod["metadata"]
         try:
             self.api.delete(
@@ -341,6 +343,26 @@ class NodeAgent:
                 return
         with self._lock:
             self.pods.pop(uid, None)
+
+    def _report_killed(self, pod: dict[str, Any]) -> None:
+        """A scripted (or never started) pod stopped by its deletion: a kubelet reports the
+        terminal phase before removing the object (controllers such as Kueue wait for it)."""
+        started = (pod.get("status") or {}).get("phase") == "Running"
+        code, reason = (143, "Error") if started else (137, "ContainerStatusUnknown")
+        stamp = now_rfc3339()
+        terminated = {"exitCode": code, "reason": reason, "finishedAt": stamp}
+        main = pod["spec"]["containers"][0]["name"]
+        with contextlib.suppress(ApiError):  # already gone
+            self._patch_status(
+                pod,
+                {
+                    "phase": "Failed",
+                    "conditions": _conditions("False", stamp),
+                    "containerStatuses": [
+                        _container(main, {"terminated": terminated}, ready=False)
+                    ],
+                },
+            )
 
     # -- addresses ------------------------------------------------------------------
     def ip_of(self, pod: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from op_fixtures import (
 )
 
 from finetune_operator import manifests as m
+from finetune_operator import scheduling as g
 from finetune_operator.reconcile import Observed
 from finetune_operator.spec import SpecError, parse_spec, validate_job
 
@@ -78,6 +79,8 @@ def test_kueue_queue_label_makes_each_gang_one_pod_group():
         assert labels["kueue.x-k8s.io/queue-name"] == "team-a"
         assert labels["kueue.x-k8s.io/pod-group-name"] == "llama-a1"
         assert annotations["kueue.x-k8s.io/pod-group-total-count"] == "2"
+        # never refilled in place: the operator replaces whole gangs under a new group
+        assert annotations["kueue.x-k8s.io/retriable-in-group"] == "false"
         kubernetes_validate.validate(worker, "1.37", strict=True)
 
 
@@ -123,6 +126,18 @@ def test_kueue_queued_time_never_trips_the_startup_timeout():
         ]
     d = run(body, observed(body, pods), later(3600))
     assert d.status["phase"] == "Created"
+
+
+def test_kueue_deleted_queued_worker_releases_its_workload():
+    body = kueue_job()
+    worker = created_pods(run(body, Observed()))[0]
+    assert g.kueue_workload_to_release(worker) is None  # not being deleted
+    worker["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert g.kueue_workload_to_release(worker) is None  # admitted (no gate): Kueue finishes it
+    assert g.kueue_workload_to_release(gated(worker)) == "llama-a1"
+    plain = gated(created_pods(run(job({"nodes": 2}), Observed()))[0])
+    plain["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert g.kueue_workload_to_release(plain) is None  # not in a Kueue pod group
 
 
 def test_kueue_and_a_gang_scheduler_are_exclusive():

@@ -33,6 +33,11 @@ S3 credentials through secretKeyRef; the operator never reads them), any wildcar
 - apiGroups: ["scheduling.x-k8s.io", "scheduling.volcano.sh"]
   resources: ["podgroups"]
   verbs: ["get", "create"]
+# Kueue: a worker deleted while its gang is still queued releases the gang's Workload (Kueue
+# keeps its finalizer on the pods of an unadmitted group until that Workload is gone).
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["delete"]
 # Rendezvous Service and checkpoint PVC: created once, removed by garbage collection with the job.
 - apiGroups: [""]
   resources: ["services", "persistentvolumeclaims"]
