@@ -126,13 +126,8 @@ def origin_of(name: str) -> FormatEntry | None:
 def interface_problem(obj: Any) -> str | None:
     """What `obj` lacks as a PromptFormat, or None."""
     if not callable(getattr(obj, "segments", None)):
-        return f"{_describe(obj)} has no segments(row, ctx) method"
+        return "it has no segments(row, ctx) method"
     for hook in ("needs_chat_template", "check_settings"):
         if getattr(obj, hook, None) is not None and not callable(getattr(obj, hook)):
-            return f"{_describe(obj)}.{hook} is not callable"
+            return f"its {hook} is not callable"
     return None
-
-
-def _describe(obj: Any) -> str:
-    kind = type(obj).__name__
-    return getattr(obj, "__name__", None) or f"a {kind} object"
