@@ -113,6 +113,24 @@ def test_the_example_plugin_validates_and_prepares_masked_examples(
         assert tiny_tokenizer.decode(trained) == row["answer"] + tiny_tokenizer.eos_token
 
 
+def test_generation_prompts_are_rendered_by_the_plugin(
+    qa_site: Path, monkeypatch: pytest.MonkeyPatch, tiny_tokenizer: Any
+) -> None:
+    from finetune_runtime.model.generate import prompt_ids
+
+    monkeypatch.syspath_prepend(str(qa_site))
+    registry.forget()
+    try:
+        config = config_with("qa", qa_site / "unused.jsonl")
+        ids = prompt_ids(config, tiny_tokenizer, "Who wrote it?", "Ada wrote it.")
+    finally:
+        sys.modules.pop("finetune_format_qa", None)
+        registry.forget()
+    assert tiny_tokenizer.decode(ids, skip_special_tokens=True) == (
+        "Context: Ada wrote it.\nQuestion: Who wrote it?\nAnswer: "
+    )
+
+
 def test_without_the_plugin_validate_names_the_format_and_its_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -269,6 +287,16 @@ def test_a_plugins_settings_check_runs_in_validate_and_the_pipeline(
         build_datasets(
             config_with("upper", data, system_prompt="be loud"), tiny_tokenizer, processes=1
         )
+
+
+def test_a_plugin_without_prompt_row_cannot_render_generation_prompts(
+    plugin_site: Path, tiny_tokenizer: Any
+) -> None:
+    from finetune_runtime.model.generate import prompt_ids
+
+    add_distribution(plugin_site, "finetune-format-upper", {"upper": "fmt_plugins:Upper"})
+    with pytest.raises(DatasetError, match=r"format 'upper' \(finetune-format-upper 1.0\) "):
+        prompt_ids(config_with("upper", plugin_site / "unused.jsonl"), tiny_tokenizer, "hi")
 
 
 def test_one_name_from_two_distributions_is_refused_naming_both(

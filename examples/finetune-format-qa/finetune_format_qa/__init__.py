@@ -47,3 +47,10 @@ class QA:
             prompt += f"Context: {context.strip()}\n"
         prompt += f"Question: {question.strip()}\nAnswer: "
         return [Segment(prompt, ctx.train_on_inputs), Segment(answer.strip(), True)]
+
+    def prompt_row(
+        self, settings: DatasetSettings, prompt: str, input_text: str, response: str
+    ) -> dict[str, Any]:
+        """A row holding a question (and context) for `finetune generate`/`run --prompt`:
+        the prompt they render is this row's, cut before the answer."""
+        return {"question": prompt, "context": input_text, "answer": response}

@@ -43,6 +43,7 @@ __all__ = [
     "check_settings",
     "config_rules",
     "needs_chat_template",
+    "prompt_segments",
     "row_segments",
     "settings_problems",
     "system",
@@ -53,6 +54,8 @@ __all__ = [
 
 def needs_chat_template(settings: DatasetSettings) -> bool:
     """Whether the dataset's format renders chat turns (and so needs a Renderer)."""
+    if settings.format is None:  # not detected yet
+        return False
     hook = getattr(registry.load(str(settings.format)), "needs_chat_template", None)
     return bool(hook(settings)) if hook is not None else False
 
@@ -89,6 +92,29 @@ def check_settings(settings: DatasetSettings, where: str) -> None:
         raise DatasetError(f"{where}.format: {exc.message}") from exc
     for key, message in problems[:1]:
         raise DatasetError(f"{where}.{key}: {message}")
+
+
+def prompt_segments(ctx: FormatContext, prompt: str, input_text: str = "") -> list[Segment]:
+    """The segments of a row of the dataset's format holding `prompt` (and `input_text`)
+    as the user's part and a placeholder answer: generation cuts before the answer."""
+    if ctx.settings.format is None:
+        raise DatasetError(
+            "the dataset's format is not set (training detects it from the data): set "
+            "`format` in the config to render prompts the way training did"
+        )
+    name = ctx.settings.format
+    hook = getattr(registry.load(name), "prompt_row", None)
+    entry = registry.origin_of(name)
+    plugin = f"format {name!r} ({entry.distribution if entry else 'unknown'})"
+    if hook is None:
+        raise DatasetError(
+            f"{plugin} cannot build a generation prompt: it has no prompt_row(settings, "
+            "prompt, input_text, response) (see docs/datasets.md)"
+        )
+    try:
+        return row_segments(dict(hook(ctx.settings, prompt, input_text, ".")), ctx)
+    except RowError as exc:
+        raise DatasetError(f"{plugin} cannot render a generation prompt: {exc}") from exc
 
 
 def row_segments(row: Any, ctx: FormatContext) -> list[Segment]:

@@ -30,8 +30,20 @@ ALPACA_INPUT = (
 ALPACA_NO_INPUT = "{preamble}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 
 
+def _fields_row(
+    settings: DatasetSettings, prompt: str, input_text: str, response: str
+) -> dict[str, Any]:
+    return {
+        settings.field_instruction: prompt,
+        settings.field_input: input_text,
+        settings.field_output: response,
+    }
+
+
 class Alpaca:
     """instruction/input/output rows in the alpaca prompt, or as chat turns (prompt_style)."""
+
+    prompt_row = staticmethod(_fields_row)
 
     @staticmethod
     def needs_chat_template(settings: DatasetSettings) -> bool:
@@ -73,6 +85,8 @@ class Completion:
 class Custom:
     """The user's own prompt template (`prompt_format`) around instruction/input/system."""
 
+    prompt_row = staticmethod(_fields_row)
+
     @staticmethod
     def check_settings(settings: DatasetSettings) -> list[tuple[str, str]]:
         """The schema's own template check (config.dataset), run again before any row."""
@@ -101,6 +115,14 @@ class ShareGPT:
     @staticmethod
     def needs_chat_template(settings: DatasetSettings) -> bool:
         return True
+
+    @staticmethod
+    def prompt_row(
+        settings: DatasetSettings, prompt: str, input_text: str, response: str
+    ) -> dict[str, Any]:
+        role, content = settings.role_field or "role", settings.content_field or "content"
+        turns = [{role: "user", content: prompt}, {role: "assistant", content: response}]
+        return {settings.field_messages or "conversations": turns}
 
     @staticmethod
     def segments(row: dict[str, Any], ctx: FormatContext) -> list[Segment]:

@@ -68,13 +68,17 @@ class PromptFormat(Protocol):
       segments(row, ctx) -> list[Segment]
           `row` is always a dict (other JSON values are refused before the call). Raise
           RowError(field, message) for a row that cannot be used.
-    Optional (looked up with getattr; see finetune_runtime.data.formats.hooks):
+    Optional (looked up with getattr by finetune_runtime.data.formats):
       needs_chat_template(settings) -> bool
           True: `ctx.renderer` is set (the tokenizer's or the configured chat template),
           and formats.chat_segments(messages, trainable, ctx) masks turns with it.
       check_settings(settings) -> list[tuple[str, str]]
           (field, message) for each config problem found before any row is read, e.g.
           ("prompt_format", "unknown placeholder {x}").
+      prompt_row(settings, prompt, input_text, response) -> dict
+          A row of this format with `prompt` (and `input_text`) as the user's part and
+          `response` as the answer, for `finetune generate`/`run` to render a prompt the
+          way training rendered them.
     """
 
     def segments(self, row: dict[str, Any], ctx: FormatContext) -> list[Segment]: ...
