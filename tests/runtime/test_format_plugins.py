@@ -318,3 +318,20 @@ def test_axolotl_type_names_an_installed_plugin(plugin_site: Path) -> None:
         {"base_model": "m", "micro_batch_size": 1, "datasets": [{"path": "a", "type": "upper"}]}
     )
     assert config.datasets[0].format == "upper"
+
+
+def test_the_operators_config_check_accepts_any_well_formed_format_name() -> None:
+    """The operator's image does not carry the trainer image's plugins: it checks spelling."""
+    from finetune_operator.spec import SpecError, validate_job
+
+    dataset: dict[str, Any] = {"path": "s3://bucket/qa.jsonl", "format": "qa"}
+    body = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "qa", "namespace": "ml"},
+        "spec": {"config": {"base_model": "builtin:tiny-llama", "datasets": [dataset]}},
+    }
+    assert validate_job(body).config.datasets[0].format == "qa"
+    dataset["format"] = "q&a"
+    with pytest.raises(SpecError, match=r"spec\.config: datasets\[0\]\.format: 'q&a' is not a"):
+        validate_job(body)
