@@ -18,7 +18,12 @@ from typing import Any
 
 from finetune_runtime.config import DatasetSettings, FineTuneConfig, Rule
 from finetune_runtime.data import registry
-from finetune_runtime.data.formats.builtin import ALPACA_PREAMBLE_INPUT, ALPACA_PREAMBLE_NO_INPUT
+from finetune_runtime.data.formats.builtin import (
+    ALPACA_INPUT,
+    ALPACA_NO_INPUT,
+    ALPACA_PREAMBLE_INPUT,
+    ALPACA_PREAMBLE_NO_INPUT,
+)
 from finetune_runtime.data.formats.chat import Renderer, chat_segments
 from finetune_runtime.data.formats.fields import system, text, type_name
 from finetune_runtime.data.formats.types import (
@@ -31,6 +36,8 @@ from finetune_runtime.data.formats.types import (
 from finetune_runtime.errors import DatasetError
 
 __all__ = [
+    "ALPACA_INPUT",
+    "ALPACA_NO_INPUT",
     "ALPACA_PREAMBLE_INPUT",
     "ALPACA_PREAMBLE_NO_INPUT",
     "ROLE_MAP",
