@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from finetune_runtime.config import parse_config
-from finetune_runtime.data import configure_model_for_packing, make_collator
+from finetune_runtime.data import make_collator
 from finetune_runtime.data.packing import pack_bins, pack_examples
 from finetune_runtime.errors import ModelError
+from finetune_runtime.train.attention import configure_model_for_packing
 
 
 @given(st.lists(st.integers(1, 64), max_size=200), st.integers(64, 200))

@@ -7,6 +7,7 @@ are either ignored with a warning (`IGNORED_DATASET_KEYS`) or refused with a did
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
 from typing import Any
 
 from finetune_runtime.config.axolotl_keys import (
@@ -19,6 +20,7 @@ from finetune_runtime.config.axolotl_keys import (
     unknown_key_message,
 )
 from finetune_runtime.config.axolotl_state import Normalized, put
+from finetune_runtime.config.base import FORMATS_GROUP
 
 # The keys of axolotl's custom prompt format (a mapping under `type:`) kept as they are.
 CUSTOM_TYPE_KEYS = ("field_instruction", "field_input", "field_output", "field_system")
@@ -111,12 +113,15 @@ def _dataset_type(kind: Any, ds: dict[str, Any], i: int, out: Normalized) -> Non
     if kind is None:
         return
     fmt, style = _dataset_format(str(kind))
+    if fmt is None and str(kind) in _plugin_formats():
+        fmt = str(kind)
     if fmt is None:
         out.refuse(
             ("datasets", i, "type"),
             f"dataset type {kind!r} is not supported; use alpaca (alpaca:chat), "
-            "sharegpt, chat_template, completion, or a custom mapping "
-            "{field_instruction, field_input, field_output, format, no_input_format}",
+            "sharegpt, chat_template, completion, a custom mapping "
+            "{field_instruction, field_input, field_output, format, no_input_format}, "
+            f"or a format a plugin package registers (none installed here is named {kind!r})",
         )
         return
     ds["format"] = fmt
@@ -124,6 +129,16 @@ def _dataset_type(kind: Any, ds: dict[str, Any], i: int, out: Normalized) -> Non
         ds["prompt_style"] = style
     if kind.startswith("sharegpt:") or kind.startswith("chat_template."):
         ds.setdefault("chat_template", None)
+
+
+def _plugin_formats() -> set[str]:
+    """Format names registered in this environment (package metadata only, nothing imported).
+
+    axolotl's `type:` names many prompt styles we do not implement, so an axolotl-style
+    config names a plugin's format only where the plugin is installed; the canonical
+    `format:` key accepts any well-formed name and leaves the lookup to the data layer.
+    """
+    return {ep.name for ep in entry_points(group=FORMATS_GROUP)}
 
 
 def _dataset_format(kind: str) -> tuple[str | None, str | None]:

@@ -6,11 +6,12 @@ Needs only pydantic: the operator imports the schema to validate FineTuneJobs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
 AdapterType = Literal[
@@ -29,7 +30,24 @@ AdapterType = Literal[
     "prompt_tuning",
     "p_tuning",
 ]
-DatasetFormat = Literal["alpaca", "sharegpt", "completion", "custom"]
+# A prompt format name: a built-in (alpaca, sharegpt, completion, custom) or one a plugin
+# package registers (entry point group FORMATS_GROUP). Only the spelling is checked here: the
+# operator's image does not carry the trainer image's plugins; `finetune validate` and the
+# data pipeline look the name up where the formats are installed (finetune_runtime.data.registry).
+FORMAT_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
+FORMATS_GROUP = "finetune.formats"
+
+
+def _format_name(value: Any) -> Any:
+    if isinstance(value, str) and not re.match(FORMAT_NAME, value):
+        raise ValueError(
+            f"{value!r} is not a format name: alpaca, sharegpt, completion, custom, or a "
+            "plugin's name (letters, digits, '_', '-', '.'; starting with a letter)"
+        )
+    return value
+
+
+DatasetFormat = Annotated[str, Field(pattern=FORMAT_NAME), BeforeValidator(_format_name)]
 SchedulerType = Literal[
     "linear",
     "cosine",

@@ -46,10 +46,11 @@ class DatasetSettings(Section):
     )
     format: DatasetFormat | None = Field(
         None,
-        description="alpaca, sharegpt, completion or custom; omitted: detected from the first "
-        "row (conversations/messages: sharegpt; text alone: completion; else alpaca). "
-        "axolotl: type (alpaca, alpaca:chat, sharegpt, chat_template, completion, or a "
-        "mapping for custom).",
+        description="alpaca, sharegpt, completion, custom, or a format a plugin package "
+        "registers (entry point group finetune.formats, installed in the trainer image); "
+        "omitted: detected from the first row (conversations/messages: sharegpt; text alone: "
+        "completion; else alpaca). axolotl: type (alpaca, alpaca:chat, sharegpt, "
+        "chat_template, completion, a mapping for custom, or an installed plugin's name).",
     )
     name: str | None = Field(
         None, description="Dataset configuration name (load_dataset's `name`), for hub datasets."

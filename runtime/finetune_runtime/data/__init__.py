@@ -1,9 +1,9 @@
 """Datasets: read JSON/JSONL, apply prompt formats and chat templates, mask prompts,
 tokenize, split, pack, and collate.
 
-The trainer needs only `build_datasets` and `make_collator` (plus
-`configure_model_for_packing` when `training.sample_packing` is on). The
-packaged example data (`alpaca_sample.jsonl`) lives in this package too.
+The trainer needs only `build_datasets` and `make_collator` (the model side of
+packing, `configure_model_for_packing`, is the trainer's: finetune_runtime.train.attention).
+The packaged example data (`alpaca_sample.jsonl`) lives in this package too.
 """
 
 from __future__ import annotations
@@ -18,14 +18,12 @@ __all__ = [
     "DatasetStats",
     "TokenizedDataset",
     "build_datasets",
-    "configure_model_for_packing",
     "make_collator",
     "packaged_data_path",
 ]
 
 if TYPE_CHECKING:
     from finetune_runtime.data.collate import make_collator
-    from finetune_runtime.data.packing import configure_model_for_packing
     from finetune_runtime.data.pipeline import (
         DatasetBundle,
         DatasetStats,
@@ -36,7 +34,6 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "make_collator": "collate",
-    "configure_model_for_packing": "packing",
     "DatasetBundle": "pipeline",
     "DatasetStats": "pipeline",
     "DataStats": "pipeline",

@@ -47,7 +47,7 @@ def cache_key(config: FineTuneConfig, tokenizer: Any, contents: list[str]) -> tu
         "cache_version": CACHE_VERSION,
         "runtime": __version__,
         "datasets": [
-            {"settings": ds.model_dump(mode="json"), "content": content}
+            {"settings": ds.model_dump(mode="json"), "content": content, **_plugin(ds.format)}
             for ds, content in zip(config.datasets, contents, strict=True)
         ],
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -59,6 +59,15 @@ def cache_key(config: FineTuneConfig, tokenizer: Any, contents: list[str]) -> tu
     }
     blob = json.dumps(inputs, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20], inputs
+
+
+def _plugin(name: str | None) -> dict[str, str]:
+    """A plugin format's distribution and version (a new release can change the examples);
+    nothing for the built-ins, which `runtime` already versions."""
+    from finetune_runtime.data.registry import origin_of
+
+    entry = origin_of(name) if name is not None else None
+    return {} if entry is None or entry.builtin else {"format_plugin": entry.distribution}
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

@@ -15,7 +15,7 @@ from finetune_runtime.config import DatasetSettings
 from finetune_runtime.errors import DatasetError
 
 if TYPE_CHECKING:
-    from finetune_runtime.data.sources import SourceSpec
+    from finetune_runtime.data.source_kind import SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _load(datasets: Any, spec: SourceSpec, settings: DatasetSettings) -> Any:
     if spec.kind == "files":
         from pathlib import Path
 
-        from finetune_runtime.data.sources import BUILDERS
+        from finetune_runtime.data.source_kind import BUILDERS
 
         local = Path(spec.location)
         data_files = settings.data_files

@@ -8,12 +8,12 @@ position ids for sdpa, eager and flex attention
 as sequence boundaries.
 
 Padding-free: the collator concatenates a micro-batch's packed rows into one
-flattened row (no padding at all), and `configure_model_for_packing` switches
-sdpa/eager models to an attention that runs per example on the boundaries
-(`finetune_runtime.train.attention`: FlashAttention varlen on CUDA when
-flash-attn is installed, per-example sdpa elsewhere), so no FLOP is spent on
-padding or across examples. Two conditions, both enforced here or by
-`configure_model_for_packing`:
+flattened row (no padding at all), and the trainer's
+`finetune_runtime.train.attention.configure_model_for_packing` switches sdpa/eager
+models to an attention that runs per example on the boundaries (FlashAttention
+varlen on CUDA when flash-attn is installed, per-example sdpa elsewhere), so no
+FLOP is spent on padding or across examples. Two conditions, both enforced by the
+collator here or by `configure_model_for_packing`:
 
 - no 2D attention mask is passed (the collator leaves it out for packed rows);
 - no KV cache is built during the forward pass: with `use_cache=True` the
@@ -31,17 +31,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from finetune_runtime.data.tokenize import IGNORE_INDEX
-from finetune_runtime.errors import ModelError
-
-# Attention implementations whose masks honour position-id packing.
-PACKING_ATTENTION = (
-    "sdpa",
-    "eager",
-    "flex_attention",
-    "flash_attention_2",
-    "flash_attention_3",
-    "finetune_varlen_sdpa",
-)
 
 
 def pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -86,35 +75,3 @@ def pack_examples(examples: Sequence[dict[str, list[int]]], capacity: int) -> li
             position_ids.extend(range(len(ids)))
         rows.append({"input_ids": input_ids, "labels": labels, "position_ids": position_ids})
     return rows
-
-
-def configure_model_for_packing(model: Any, device_type: str = "cpu", varlen: bool = True) -> str:
-    """Make `model` keep packed examples apart; call once before training on packed rows.
-
-    Turns the KV cache off (see the module docstring) and refuses attention
-    implementations that would ignore the packing boundaries. With `varlen`, an
-    sdpa/eager model switches to the padding-free attention for `device_type`.
-    Returns the attention implementation in use.
-    """
-    config = model.config
-    impl = getattr(config, "_attn_implementation", None) or "eager"
-    if impl not in PACKING_ATTENTION:
-        raise ModelError(
-            f"sample_packing needs an attention implementation that honours packed position ids "
-            f"({', '.join(PACKING_ATTENTION)}); the model uses {impl!r}. "
-            "Load it with attn_implementation='sdpa' or turn sample_packing off."
-        )
-    config.use_cache = False
-    # A sliding window (Mistral v0.1 and the like) is a mask the varlen kernel does not apply.
-    windowed = getattr(config, "sliding_window", None) is not None and getattr(
-        config, "use_sliding_window", True
-    )
-    if varlen and impl in ("sdpa", "eager") and not windowed:
-        from finetune_runtime.train import attention
-
-        attention.register()
-        impl = attention.packed_attention(
-            device_type, flash_installed=attention.flash_attn_available()
-        )
-        model.set_attn_implementation(impl)
-    return str(impl)

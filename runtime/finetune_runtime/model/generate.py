@@ -110,7 +110,7 @@ def prompt_ids(
         Renderer,
         Segment,
         needs_chat_template,
-        row_segments,
+        prompt_segments,
     )
     from finetune_runtime.data.templates import resolve_chat_template
     from finetune_runtime.data.tokenize import SegmentTokenizer
@@ -124,18 +124,7 @@ def prompt_ids(
     if needs_chat_template(settings):
         template = resolve_chat_template(settings.chat_template or config.chat_template, tokenizer)
         renderer = Renderer.for_tokenizer(template.text, template.name, tokenizer)
-    placeholder = "."  # a response is needed to render the row; the prompt ends before it
-    if settings.format == "sharegpt":
-        role, content = settings.role_field or "role", settings.content_field or "content"
-        turns = [{role: "user", content: text}, {role: "assistant", content: placeholder}]
-        row: dict[str, Any] = {settings.field_messages or "conversations": turns}
-    else:
-        row = {
-            settings.field_instruction: text,
-            settings.field_input: input_text,
-            settings.field_output: placeholder,
-        }
-    segments = row_segments(row, FormatContext(settings, False, renderer))
+    segments = prompt_segments(FormatContext(settings, False, renderer), text, input_text)
     encoded = encoder.encode_many([segments])[0]
     sample = sample_from_example({"input_ids": encoded.input_ids, "labels": encoded.labels})
     if sample is None:  # pragma: no cover - every format trains its response

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from finetune_runtime.errors import ModelError
+
 VARLEN_SDPA = "finetune_varlen_sdpa"
 
 
@@ -92,3 +94,42 @@ def packed_attention(device_type: str, *, flash_installed: bool) -> str:
     if device_type == "cuda" and flash_installed:
         return "flash_attention_2"
     return VARLEN_SDPA
+
+
+# Attention implementations whose masks honour position-id packing.
+PACKING_ATTENTION = (
+    "sdpa",
+    "eager",
+    "flex_attention",
+    "flash_attention_2",
+    "flash_attention_3",
+    "finetune_varlen_sdpa",
+)
+
+
+def configure_model_for_packing(model: Any, device_type: str = "cpu", varlen: bool = True) -> str:
+    """Make `model` keep packed examples apart; call once before training on packed rows.
+
+    Turns the KV cache off (see the module docstring) and refuses attention
+    implementations that would ignore the packing boundaries. With `varlen`, an
+    sdpa/eager model switches to the padding-free attention for `device_type`.
+    Returns the attention implementation in use.
+    """
+    config = model.config
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl not in PACKING_ATTENTION:
+        raise ModelError(
+            f"sample_packing needs an attention implementation that honours packed position ids "
+            f"({', '.join(PACKING_ATTENTION)}); the model uses {impl!r}. "
+            "Load it with attn_implementation='sdpa' or turn sample_packing off."
+        )
+    config.use_cache = False
+    # A sliding window (Mistral v0.1 and the like) is a mask the varlen kernel does not apply.
+    windowed = getattr(config, "sliding_window", None) is not None and getattr(
+        config, "use_sliding_window", True
+    )
+    if varlen and impl in ("sdpa", "eager") and not windowed:
+        register()
+        impl = packed_attention(device_type, flash_installed=flash_attn_available())
+        model.set_attn_implementation(impl)
+    return str(impl)

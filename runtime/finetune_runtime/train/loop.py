@@ -284,7 +284,7 @@ class Trainer:
         models.fit_embeddings(model, self.tokenizer)
         self.kernels = apply_kernels(model, training.kernels, backend.device.type)
         if training.sample_packing:
-            from finetune_runtime.data import configure_model_for_packing
+            from finetune_runtime.train.attention import configure_model_for_packing
 
             attention = configure_model_for_packing(model, backend.device.type)
             log.info("sample packing: padding-free rows, attention %s", attention)
