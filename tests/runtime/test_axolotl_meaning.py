@@ -81,3 +81,16 @@ def test_added_tokens_tokenize_whole(tiny_model_dir) -> None:
     assert ids[0] == tokenizer.convert_tokens_to_ids("<call>") and len(tokenizer) > 512
     plain = load_tokenizer(parse_config(BASE), str(tiny_model_dir))
     assert len(plain("<call>Add", add_special_tokens=False)["input_ids"]) > len(ids)
+
+
+def test_keys_axolotl_0_19_writes_are_read_or_ignored_not_refused() -> None:
+    """Found by `make compat-axolotl` on a fresh venv: the compat cases' own YAML (keys
+    axolotl 0.19.0 documents) was refused as unknown keys."""
+    config, warnings = parse_config_with_warnings(
+        BASE + "dataset_num_proc: 1\nshuffle_merged_datasets: false\nattn_implementation: sdpa\n"
+    )
+    assert config.dataset_processes == 1  # axolotl's newer name for dataset_processes
+    ignored = [w for w in warnings if w.startswith("ignored axolotl keys")]
+    assert ignored == [
+        "ignored axolotl keys with no effect here: attn_implementation, shuffle_merged_datasets"
+    ]

@@ -92,6 +92,7 @@ def test_axolotl_maps_are_read_from_the_schema():
         "auto_resume_from_checkpoints": ("training", "auto_resume"),
         "tokenizer_config": ("tokenizer",),
         "tokens": ("added_tokens",),
+        "dataset_num_proc": ("dataset_processes",),
         "use_tensorboard": ("tracking", "tensorboard"),
         **{f"wandb_{k}": ("tracking", "wandb", k) for k in ("project", "entity", "name", "mode")},
         **{

@@ -47,6 +47,7 @@ IGNORED_KEYS = frozenset(
         "xformers_attention",
         "s2_attention",
         "flex_attention",
+        "attn_implementation",
         "unsloth_cross_entropy_loss",
         "unsloth_lora_mlp",
         "unsloth_lora_qkv",
@@ -71,6 +72,8 @@ IGNORED_KEYS = frozenset(
         "local_rank",
         "dataset_prepared_path",
         "dataset_processes",
+        # our trainer reshuffles every epoch from the seed, as axolotl's sampler does
+        "shuffle_merged_datasets",
         "push_dataset_to_hub",
         "hub_model_id",
         "hub_strategy",

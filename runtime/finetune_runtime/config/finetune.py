@@ -106,9 +106,10 @@ class FineTuneConfig(Section):
         "default: output_dir/prepared_data. Each cache lives in a subfolder named by a hash "
         "of everything that affects it.",
     )
-    dataset_processes: PositiveInt | None = Field(
+    dataset_processes: Annotated[PositiveInt | None, Axolotl("dataset_num_proc")] = Field(
         None,
-        description="Processes that tokenize while preparing the data; default: every CPU core.",
+        description="Processes that tokenize while preparing the data; default: every CPU core. "
+        "axolotl: dataset_num_proc (or this name, its older one).",
     )
 
     @field_validator("base_model")
