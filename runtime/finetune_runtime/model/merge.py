@@ -39,9 +39,10 @@ MERGED_DIR = contract.OUTPUT_MERGED
 MERGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def find_adapter(config: FineTuneConfig, adapter: str | Path | None) -> Path:
-    """The adapter directory: given (an adapter dir or a checkpoint holding one), else
-    output_dir/adapter."""
+def check_mergeable(config: FineTuneConfig) -> None:
+    """Refuse a config whose adapter cannot be merged: the runtime's one spelling of
+    "merge needs an adapter" (a full fine-tune has none; prompt learning has no weights
+    to fold into the base)."""
     if config.adapter == "none":
         raise ModelError(
             "nothing to merge: adapter is 'none' (a full fine-tune), whose weights are already "
@@ -50,6 +51,12 @@ def find_adapter(config: FineTuneConfig, adapter: str | Path | None) -> Path:
     reason = unmergeable_reason(config.adapter)
     if reason is not None:
         raise ModelError(f"cannot merge: {reason}")
+
+
+def find_adapter(config: FineTuneConfig, adapter: str | Path | None) -> Path:
+    """The adapter directory: given (an adapter dir or a checkpoint holding one), else
+    output_dir/adapter."""
+    check_mergeable(config)
     output_dir = Path(config.output_dir)
     path = Path(adapter) if adapter else output_dir / contract.OUTPUT_ADAPTER
     if adapter and not path.is_absolute() and not path.exists() and (output_dir / path).exists():
