@@ -23,6 +23,7 @@ import torch
 from finetune_runtime import contract
 from finetune_runtime.config import FineTuneConfig, check_safe_path, unmergeable_reason
 from finetune_runtime.errors import ConfigError, IntegrityError, ModelError
+from finetune_runtime.storage.checkpoint_dirs import replace_dir
 from finetune_runtime.storage.integrity import (
     architecture_of,
     identity_of,
@@ -30,7 +31,6 @@ from finetune_runtime.storage.integrity import (
     verify_weights,
     write_manifest,
 )
-from finetune_runtime.train.checkpoint import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def check_mergeable(config: FineTuneConfig) -> None:
     """Refuse a config whose adapter cannot be merged: the runtime's one spelling of
     "merge needs an adapter" (a full fine-tune has none; prompt learning has no weights
     to fold into the base)."""
-    if config.adapter == "none":
+    if config.adapter == contract.FULL_FINETUNE:
         raise ModelError(
             "nothing to merge: adapter is 'none' (a full fine-tune), whose weights are already "
             f"a complete model in {Path(config.output_dir) / contract.OUTPUT_MODEL}"

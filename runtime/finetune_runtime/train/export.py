@@ -18,10 +18,10 @@ from typing import Any
 from finetune_runtime import contract
 from finetune_runtime.config import FineTuneConfig
 from finetune_runtime.errors import CheckpointError
+from finetune_runtime.storage.checkpoint_dirs import replace_dir
 from finetune_runtime.storage.integrity import write_manifest
 from finetune_runtime.train import guards
 from finetune_runtime.train.backends.base import Backend
-from finetune_runtime.train.checkpoint import replace_dir
 
 log = logging.getLogger(__name__)
 
