@@ -88,7 +88,7 @@ def _config(
 
 
 def run_ours(args: dict[str, Any], ablation: str = "") -> dict[str, Any]:
-    from finetune_runtime.train.backends.base import closing, create_backend
+    from finetune_runtime.train.backends.factory import closing, create_backend
     from finetune_runtime.train.loop import Trainer, TrainOptions
 
     marks: list[tuple[float, float, int]] = []
@@ -110,7 +110,7 @@ def run_ours(args: dict[str, Any], ablation: str = "") -> dict[str, Any]:
                 world_size=self.backend.world_size,
                 rss_after_setup_mib=rss_mib(),
                 precision=self.backend.options.precision,
-                kernels=self.kernels,
+                kernels=self.facts.model.kernels,
                 attention=self.backend.unwrap().config._attn_implementation,
             )
 

@@ -77,7 +77,7 @@ def _config(args: dict[str, Any], packed: bool, output_dir: str) -> Any:
 
 def run_ours(args: dict[str, Any], packed: bool) -> dict[str, Any]:
     from bench.flops import effective_context, flop_model
-    from finetune_runtime.train.backends.base import closing, create_backend
+    from finetune_runtime.train.backends.factory import closing, create_backend
     from finetune_runtime.train.loop import Trainer, TrainOptions
 
     marks: list[tuple[float, int]] = []

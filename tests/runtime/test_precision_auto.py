@@ -44,7 +44,7 @@ def test_auto_logs_its_choice_and_bf16_loss_matches_fp32(
 ) -> None:
     """Three steps of the same run in fp32 and in bf16: the losses agree within
     BF16_LOSS_RTOL. `auto` says what it picked and why, on any machine."""
-    with caplog.at_level(logging.INFO, logger="finetune_runtime.train.backends.base"):
+    with caplog.at_level(logging.INFO, logger="finetune_runtime.train.backends.factory"):
         auto = run(tiny_config(tmp_path / "auto", training={"precision": "auto", "max_steps": 1}))
     assert any(r.getMessage().startswith("precision ") for r in caplog.records)
     assert auto.summary["precision"] in ("bf16", "fp32")

@@ -11,7 +11,8 @@ from train_helpers import TEST_DATA, losses, read_summary, run, tiny_config
 
 from finetune_runtime.errors import ModelError
 from finetune_runtime.progress.reporting import ProgressReporter
-from finetune_runtime.train.backends.base import BackendOptions, LocalBackend
+from finetune_runtime.train.backends.base import BackendOptions
+from finetune_runtime.train.backends.local import LocalBackend
 from finetune_runtime.train.checkpoint import COMPLETE, list_checkpoints
 from finetune_runtime.train.loop import Trainer, TrainOptions
 
@@ -157,7 +158,7 @@ def test_mixed_precision_on_cpu(tmp_path: Path, precision: str) -> None:
     fp16 adds a GradScaler (torch's CPU one here, CUDA's on a GPU)."""
     import torch
 
-    from finetune_runtime.train.backends.base import create_backend
+    from finetune_runtime.train.backends.factory import create_backend
 
     config = tiny_config(tmp_path, training={"precision": precision})
     backend = create_backend(config)

@@ -15,9 +15,11 @@ import torch
 from train_helpers import free_port, tiny_config
 
 from finetune_runtime.config import OptimizerType, SchedulerType, TrainingSettings
-from finetune_runtime.train.backends.base import BackendOptions, DDPBackend, LocalBackend
-from finetune_runtime.train.loop import accumulate_window, loss_tokens
+from finetune_runtime.train.backends.base import BackendOptions
+from finetune_runtime.train.backends.local import DDPBackend, LocalBackend
+from finetune_runtime.train.batches import loss_tokens
 from finetune_runtime.train.optim import build_optimizer, build_scheduler, param_groups
+from finetune_runtime.train.step import accumulate_window
 
 
 @pytest.fixture(scope="module")

@@ -67,21 +67,7 @@ def main(args: argparse.Namespace) -> int:
     from finetune_runtime.train.loop import train
 
     console = Console(highlight=False)
-    if args.config:
-        config = load_with_overrides(args)
-        base_dir = Path(args.config).resolve().parent
-        options = train_options(args, base_dir)
-    else:
-        from finetune_runtime.config import check_safe_path
-
-        config = demo_config(check_safe_path(args.output_dir) if args.output_dir else None)
-        base_dir = None
-        options = train_options(args, None)
-        if args.resume is None:
-            options.resume = False  # the demo always trains from scratch
-    options.serve_progress = args.progress_port is not None
-    options.progress_port = args.progress_port
-
+    config, base_dir, options = _config_and_options(args)
     console.rule(f"[bold]finetune run[/]: {args.config or 'preset ' + DEFAULT_PRESET}")
     console.print(
         f"model [bold]{config.base_model}[/], adapter [bold]{config.adapter}[/], "
@@ -93,6 +79,40 @@ def main(args: argparse.Namespace) -> int:
         from finetune_runtime.train.signals import EXIT_PREEMPTED
 
         return EXIT_PREEMPTED
+    fell = _report_training(console, result)
+    model, tokenizer, how = _load_trained(console, config, result.weights_dir, base_dir)
+    if args.prompt:
+        from finetune_runtime.model.generate import prompt_ids
+
+        ids = prompt_ids(config, tokenizer, args.prompt)
+        _show_generation(console, model, tokenizer, ids, None, "your prompt", how, args)
+    else:
+        _show_samples(console, model, tokenizer, result, how, args)
+    return 0 if fell else 1
+
+
+def _config_and_options(args: argparse.Namespace) -> tuple[Any, Path | None, Any]:
+    """(config, the directory its relative paths start from, train options): the given
+    config file, or the demo preset (which always trains from scratch)."""
+    base_dir: Path | None = None
+    if args.config:
+        config = load_with_overrides(args)
+        base_dir = Path(args.config).resolve().parent
+        options = train_options(args, base_dir)
+    else:
+        from finetune_runtime.config import check_safe_path
+
+        config = demo_config(check_safe_path(args.output_dir) if args.output_dir else None)
+        options = train_options(args, None)
+        if args.resume is None:
+            options.resume = False  # the demo always trains from scratch
+    options.serve_progress = args.progress_port is not None
+    options.progress_port = args.progress_port
+    return config, base_dir, options
+
+
+def _report_training(console: Any, result: Any) -> bool:
+    """Print the loss verdict, eval loss and weights; True when the loss fell."""
     losses = [h["loss"] for h in result.summary["losses"]]
     fell, start, end = loss_verdict(losses)
     mark = "[green]✓ loss fell[/]" if fell else "[red]✗ loss did not fall[/]"
@@ -104,14 +124,14 @@ def main(args: argparse.Namespace) -> int:
     if result.summary.get("final_eval_loss") is not None:
         console.print(f"eval loss {result.summary['final_eval_loss']:.4f}")
     console.print(f"adapter: {result.weights_dir}")
+    return fell
 
-    model, tokenizer, how = _load_trained(console, config, result.weights_dir, base_dir)
-    if args.prompt:
-        from finetune_runtime.model.generate import prompt_ids
 
-        ids = prompt_ids(config, tokenizer, args.prompt)
-        _show_generation(console, model, tokenizer, ids, None, "your prompt", how, args)
-        return 0 if fell else 1
+def _show_samples(
+    console: Any, model: Any, tokenizer: Any, result: Any, how: str, args: argparse.Namespace
+) -> None:
+    """Generations for the training prompts (each judged against its answer) and for
+    the held-out prompt."""
     reproduced = 0
     for i, sample in enumerate(result.train_samples, 1):
         title = f"training prompt {i}/{len(result.train_samples)}"
@@ -130,7 +150,6 @@ def main(args: argparse.Namespace) -> int:
             "[dim]The held-out prompt is new to the model: a tiny model trained for a minute "
             "on a few rows learns them by heart, it does not generalise.[/]"
         )
-    return 0 if fell else 1
 
 
 def _load_trained(

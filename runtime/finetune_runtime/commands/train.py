@@ -159,7 +159,7 @@ def train_options(args: argparse.Namespace, base_dir: Path | None) -> Any:
 def main(args: argparse.Namespace) -> int:
     from finetune_runtime.model.merge import merge
     from finetune_runtime.storage import publish as outputs
-    from finetune_runtime.train.backends.base import distributed_env
+    from finetune_runtime.train.backends.dist import distributed_env
     from finetune_runtime.train.loop import train
     from finetune_runtime.train.signals import EXIT_PREEMPTED
 

@@ -177,7 +177,7 @@ def find_weights(target: str, checkpoint: str | None = None) -> Weights:
 def _from_output_dir(
     out: Path, config: FineTuneConfig | None, base_dir: Path | None, checkpoint: str | None
 ) -> Weights:
-    from finetune_runtime.train.checkpoint import list_checkpoints
+    from finetune_runtime.storage.checkpoint_dirs import list_checkpoints
 
     found = list_checkpoints(out)
     if config is None and found:
@@ -220,7 +220,7 @@ def _checkpoint_config(path: Path) -> FineTuneConfig:
 
 
 def _from_checkpoint(path: Path, config: FineTuneConfig | None, base_dir: Path | None) -> Weights:
-    from finetune_runtime.train.checkpoint import COMPLETE
+    from finetune_runtime.storage.checkpoint_dirs import COMPLETE
 
     if not (path / COMPLETE).is_file():
         raise ModelError(f"{path} is not a complete checkpoint (no {COMPLETE} marker)")

@@ -23,6 +23,7 @@ import torch
 from finetune_runtime import contract
 from finetune_runtime.config import FineTuneConfig, check_safe_path, unmergeable_reason
 from finetune_runtime.errors import ConfigError, IntegrityError, ModelError
+from finetune_runtime.storage.checkpoint_dirs import replace_dir
 from finetune_runtime.storage.integrity import (
     architecture_of,
     identity_of,
@@ -30,7 +31,6 @@ from finetune_runtime.storage.integrity import (
     verify_weights,
     write_manifest,
 )
-from finetune_runtime.train.checkpoint import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,11 @@ MERGED_DIR = contract.OUTPUT_MERGED
 MERGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def find_adapter(config: FineTuneConfig, adapter: str | Path | None) -> Path:
-    """The adapter directory: given (an adapter dir or a checkpoint holding one), else
-    output_dir/adapter."""
-    if config.adapter == "none":
+def check_mergeable(config: FineTuneConfig) -> None:
+    """Refuse a config whose adapter cannot be merged: the runtime's one spelling of
+    "merge needs an adapter" (a full fine-tune has none; prompt learning has no weights
+    to fold into the base)."""
+    if config.adapter == contract.FULL_FINETUNE:
         raise ModelError(
             "nothing to merge: adapter is 'none' (a full fine-tune), whose weights are already "
             f"a complete model in {Path(config.output_dir) / contract.OUTPUT_MODEL}"
@@ -50,6 +51,12 @@ def find_adapter(config: FineTuneConfig, adapter: str | Path | None) -> Path:
     reason = unmergeable_reason(config.adapter)
     if reason is not None:
         raise ModelError(f"cannot merge: {reason}")
+
+
+def find_adapter(config: FineTuneConfig, adapter: str | Path | None) -> Path:
+    """The adapter directory: given (an adapter dir or a checkpoint holding one), else
+    output_dir/adapter."""
+    check_mergeable(config)
     output_dir = Path(config.output_dir)
     path = Path(adapter) if adapter else output_dir / contract.OUTPUT_ADAPTER
     if adapter and not path.is_absolute() and not path.exists() and (output_dir / path).exists():

@@ -19,6 +19,9 @@ it, rank 0 fsyncs everything, writes COMPLETE, renames it into place and fsyncs
 the parent. A crash at any point leaves either the old set of checkpoints or
 the new complete one, never a half-written `checkpoint-<step>`. Resuming verifies
 the manifest and falls back to the newest intact checkpoint, saying which it skipped.
+
+The directory layout itself (names, COMPLETE, listing, `replace_dir`) is
+`finetune_runtime.storage.checkpoint_dirs`, which `finetune generate`/`merge` read too.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import re
 import secrets
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,45 +41,20 @@ import numpy as np
 import torch
 
 from finetune_runtime.errors import CheckpointError, IntegrityError
+from finetune_runtime.storage.checkpoint_dirs import (
+    COMPLETE,
+    PREFIX,
+    is_complete,
+    latest_checkpoint,
+    list_checkpoints,
+    replace_dir,
+)
 from finetune_runtime.storage.integrity import verify_weights, write_manifest
 from finetune_runtime.train.backends.base import Backend
 
 log = logging.getLogger(__name__)
 
-PREFIX = "checkpoint-"
-COMPLETE = "COMPLETE"
-_NAME = re.compile(r"^checkpoint-(\d+)$")
 _TMP = re.compile(r"^checkpoint-\d+\.tmp-")
-
-
-@dataclass(frozen=True, order=True)
-class CheckpointRef:
-    step: int
-    path: Path
-
-
-def is_complete(path: Path) -> bool:
-    return (path / COMPLETE).is_file()
-
-
-def list_checkpoints(output_dir: Path, *, warn: bool = False) -> list[CheckpointRef]:
-    """Complete checkpoints in `output_dir`, oldest first. Incomplete ones are skipped."""
-    if not output_dir.is_dir():
-        return []
-    found = []
-    for entry in output_dir.iterdir():
-        match = _NAME.match(entry.name)
-        if match and entry.is_dir():
-            if is_complete(entry):
-                found.append(CheckpointRef(int(match.group(1)), entry))
-            elif warn:
-                log.warning("ignoring incomplete checkpoint %s (no %s marker)", entry, COMPLETE)
-    return sorted(found)
-
-
-def latest_checkpoint(output_dir: Path) -> CheckpointRef | None:
-    found = list_checkpoints(output_dir)
-    return found[-1] if found else None
 
 
 def resolve_resume(output_dir: Path, explicit: str | None, auto: bool) -> Path | None:
@@ -228,22 +205,6 @@ def _remove(path: Path) -> None:
     doomed = path.with_name(f"{path.name}.tmp-deleting-{secrets.token_hex(3)}")
     os.replace(path, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
-
-
-def replace_dir(src: Path, dest: Path) -> None:
-    """Move the finished directory `src` to `dest`, replacing an older `dest`.
-
-    `dest` is never half-written: it is the old tree, briefly absent, then the new
-    one. A leftover of the old tree is named `<dest>.tmp-old-*`, which checkpoint
-    scans ignore and clean up.
-    """
-    old = None
-    if dest.exists():
-        old = dest.with_name(f"{dest.name}.tmp-old-{secrets.token_hex(3)}")
-        os.replace(dest, old)
-    os.replace(src, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class CheckpointWriter:

@@ -29,7 +29,8 @@ import torch
 
 from finetune_runtime import contract
 from finetune_runtime.errors import CheckpointError, LaunchError
-from finetune_runtime.train.backends.base import BackendOptions, DistCollectives, distributed_env
+from finetune_runtime.train.backends.base import BackendOptions
+from finetune_runtime.train.backends.dist import DistCollectives, distributed_env
 
 if TYPE_CHECKING:
     from finetune_runtime.config import FineTuneConfig

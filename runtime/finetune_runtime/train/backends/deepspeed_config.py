@@ -147,14 +147,32 @@ def build(
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     ds, source = load_source(config.deepspeed, base_dir)
+    issues = _settle_shared(ds, config, world_size)
+    issues.extend(_settle_precision(ds, config, precision))
+    _settle_zero(ds, hidden_size)
+    issues.extend(_drop_client_owned(ds, source))
+    issues.extend(_settle_loop_owned(ds))
+    for path in _find_auto(ds):
+        issues.append(
+            ConfigIssue(path, '"auto" has no value to resolve to here: give an explicit value')
+        )
+    if issues:
+        raise ConfigError(issues, source)
+    return ds
+
+
+def _settle_shared(
+    ds: dict[str, Any], config: FineTuneConfig, world_size: int
+) -> list[ConfigIssue]:
+    """Batch sizes, accumulation and clipping from the training config; an explicit
+    value that differs is an issue naming both places."""
     training = config.training
     issues: list[ConfigIssue] = []
 
-    def settle(key: str, derived: Any, origin: str, container: dict[str, Any] = ds) -> None:
-        """Fill key from the training config; reject a different explicit value."""
-        current = container.get(key, AUTO)
+    def settle(key: str, derived: Any, origin: str) -> None:
+        current = ds.get(key, AUTO)
         if current == AUTO or current is None:
-            container[key] = derived
+            ds[key] = derived
         elif _number_differs(current, derived):
             issues.append(
                 ConfigIssue(
@@ -173,11 +191,12 @@ def build(
         f"training.batch_size x gradient_accumulation_steps x world size ({world_size})",
     )
     settle("gradient_clipping", float(training.max_grad_norm or 0.0), "training.max_grad_norm")
+    return issues
 
-    issues.extend(_settle_precision(ds, config, precision))
-    _settle_zero(ds, hidden_size)
-    issues.extend(_drop_client_owned(ds, source))
 
+def _settle_loop_owned(ds: dict[str, Any]) -> list[ConfigIssue]:
+    """What the training loop decides (step boundaries, logging) and DeepSpeed must not."""
+    issues = []
     managed = ds.get("managed_gradient_accumulation", False)
     if managed not in (False, AUTO):
         issues.append(
@@ -192,15 +211,7 @@ def build(
     _settle_offload_optimizer(ds)
     ds.setdefault("steps_per_print", 2**31 - 1)  # the loop logs; keep DeepSpeed quiet
     ds.setdefault("wall_clock_breakdown", False)
-
-    leftovers = [path for path in _find_auto(ds)]
-    for path in leftovers:
-        issues.append(
-            ConfigIssue(path, '"auto" has no value to resolve to here: give an explicit value')
-        )
-    if issues:
-        raise ConfigError(issues, source)
-    return ds
+    return issues
 
 
 def _number_differs(current: Any, derived: Any) -> bool:
