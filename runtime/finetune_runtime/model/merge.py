@@ -23,6 +23,7 @@ import torch
 from finetune_runtime import contract
 from finetune_runtime.config import FineTuneConfig, check_safe_path, unmergeable_reason
 from finetune_runtime.errors import ConfigError, IntegrityError, ModelError
+from finetune_runtime.model.load import DTYPES
 from finetune_runtime.storage.checkpoint_dirs import replace_dir
 from finetune_runtime.storage.integrity import (
     architecture_of,
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 MERGED_DIR = contract.OUTPUT_MERGED
-MERGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_mergeable(config: FineTuneConfig) -> None:
@@ -230,8 +230,8 @@ def merge(
             check_safe_path(str(output))
         except ValueError as exc:
             raise ConfigError(f"--output: {exc}") from None
-    if precision not in MERGE_DTYPES:
-        raise ConfigError(f"--dtype: {precision!r} is not one of {', '.join(MERGE_DTYPES)}")
+    if precision not in DTYPES:
+        raise ConfigError(f"--dtype: {precision!r} is not one of {', '.join(DTYPES)}")
     adapter_dir = find_adapter(config, adapter)
     out = Path(output) if output else Path(config.output_dir) / MERGED_DIR
     occupied = out.exists() and (not out.is_dir() or any(out.iterdir()))
@@ -239,9 +239,7 @@ def merge(
         raise ConfigError(
             f"--output: {out} exists and is not a model directory; refusing to replace it"
         )
-    merged, tokenizer = load_merged(
-        config, adapter_dir, base_dir=base_dir, dtype=MERGE_DTYPES[precision]
-    )
+    merged, tokenizer = load_merged(config, adapter_dir, base_dir=base_dir, dtype=DTYPES[precision])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
