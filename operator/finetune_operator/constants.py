@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from finetune_runtime import contract
 
 GROUP = "finetune.dev"
@@ -43,6 +45,20 @@ DEFAULT_FS_GROUP = 1000
 
 # Environment names the operator owns in worker pods; users may not override them.
 RESERVED_ENV = contract.WORKER_ENV
+# The same refusal at admission (CEL on an env var's name) and in the operator's check;
+# spec.env and spec.podTemplate.env both use it.
+RESERVED_ENV_RULE: dict[str, Any] = {
+    "rule": "!(self in [" + ", ".join(f"'{name}'" for name in sorted(RESERVED_ENV)) + "])",
+    "message": "this environment variable is set by the operator",
+}
+
+
+def refuse_reserved_env(name: str) -> str:
+    """`name`, unless the operator sets it in every worker (then ValueError)."""
+    if name in RESERVED_ENV:
+        raise ValueError(f"{name} is set by the operator and cannot be overridden")
+    return name
+
 
 # Experiment-tracker credentials (the runtime's `tracking`): only as secret references.
 SECRET_ONLY_ENV = contract.SECRET_ONLY_ENV

@@ -123,14 +123,7 @@ class PodTemplateEnvVar(_Model):
     name: str = Field(
         min_length=1,
         max_length=256,
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": f"!(self in {_cel_list(tuple(sorted(c.RESERVED_ENV)))})",
-                    "message": "this environment variable is set by the operator",
-                }
-            ]
-        },
+        json_schema_extra={"x-kubernetes-validations": [c.RESERVED_ENV_RULE]},
     )
     value: str | None = None
     valueFrom: dict[str, Any] | None = None  # noqa: N815 - the Kubernetes field name
@@ -138,9 +131,7 @@ class PodTemplateEnvVar(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if value in c.RESERVED_ENV:
-            raise ValueError(f"{value} is set by the operator and cannot be overridden")
-        return value
+        return c.refuse_reserved_env(value)
 
 
 class PodTemplateSpec(_Model):

@@ -50,14 +50,7 @@ class EnvVar(SpecModel):
         max_length=256,
         json_schema_extra={
             "pattern": ENV_NAME.pattern,
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!(self in ["
-                    + ", ".join(f"'{n}'" for n in sorted(c.RESERVED_ENV))
-                    + "])",
-                    "message": "this environment variable is set by the operator",
-                }
-            ],
+            "x-kubernetes-validations": [c.RESERVED_ENV_RULE],
         },
     )
     value: str | None = None
@@ -68,9 +61,7 @@ class EnvVar(SpecModel):
     def _name(cls, value: str) -> str:
         if not ENV_NAME.match(value):
             raise ValueError(f"{value!r} is not a valid environment variable name")
-        if value in c.RESERVED_ENV:
-            raise ValueError(f"{value} is set by the operator and cannot be overridden")
-        return value
+        return c.refuse_reserved_env(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> EnvVar:
