@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 from finetune_runtime.errors import ConfigError
 
@@ -37,11 +38,12 @@ def render_preset(name: str) -> str:
     for marker, filename in PLACEHOLDERS.items():
         if marker in text:
             # A JSON string is a valid YAML double-quoted scalar, whatever the path holds.
-            text = text.replace(marker, json.dumps(_packaged_data(filename)))
+            text = text.replace(marker, json.dumps(str(packaged_data_path(filename))))
     return text
 
 
-def _packaged_data(filename: str) -> str:
-    """A sample file shipped in finetune_runtime/data/ (found without importing `data`,
-    which the schema layer must not)."""
-    return str(resources.files("finetune_runtime") / "data" / filename)
+def packaged_data_path(name: str = "alpaca_sample.jsonl") -> Path:
+    """Absolute path of a sample data file shipped in finetune_runtime/data/. It lives here,
+    below `data` (which re-exports it), because presets name it and the schema layer may
+    not import `data`."""
+    return Path(str(resources.files("finetune_runtime") / "data" / name))

@@ -8,7 +8,6 @@ The packaged example data (`alpaca_sample.jsonl`) lives in this package too.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,5 +52,8 @@ def __getattr__(name: str) -> Any:
 
 
 def packaged_data_path(name: str = "alpaca_sample.jsonl") -> Path:
-    """Absolute path of a data file shipped inside this package."""
-    return Path(str(resources.files(__name__) / name))
+    """Absolute path of a data file shipped inside this package (config.presets finds it,
+    imported here on first use so `import finetune_runtime.data` stays cheap)."""
+    from finetune_runtime.config.presets import packaged_data_path as path
+
+    return path(name)
