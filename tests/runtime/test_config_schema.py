@@ -119,6 +119,15 @@ def test_axolotl_maps_are_read_from_the_schema():
     assert OPTIMIZER_MAP["adamw_8bit"] == "adamw_bnb_8bit"
 
 
+def test_ignored_axolotl_keys_are_none_we_read():
+    """A key both mapped and "ignored" would be read, never ignored: the list must not say so."""
+    from finetune_runtime.config.axolotl import known_flat_keys
+    from finetune_runtime.config.axolotl_keys import IGNORED_KEYS
+
+    assert IGNORED_KEYS.isdisjoint(known_flat_keys())
+    assert "plugins" not in IGNORED_KEYS  # checked plugin by plugin, never just ignored
+
+
 def test_a_new_marked_field_reaches_the_flat_form():
     """A flat key maps to whatever field carries its mark (here micro_batch_size)."""
     config = parse_config(

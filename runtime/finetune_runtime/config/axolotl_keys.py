@@ -57,7 +57,6 @@ IGNORED_KEYS = frozenset(
         "liger_glu_activation",
         "liger_layer_norm",
         "liger_fused_linear_cross_entropy",
-        "plugins",
         "torch_compile",
         "torch_compile_backend",
         "tf32",
@@ -70,8 +69,6 @@ IGNORED_KEYS = frozenset(
         "strict",
         "debug",
         "local_rank",
-        "dataset_prepared_path",
-        "dataset_processes",
         # our trainer reshuffles every epoch from the seed, as axolotl's sampler does
         "shuffle_merged_datasets",
         "push_dataset_to_hub",
@@ -98,24 +95,15 @@ IGNORED_KEYS = frozenset(
         "ddp_bucket_cap_mb",
         "ddp_broadcast_buffers",
         "eot_tokens",
-        "tokens",
         "lora_on_cpu",
         "gptq",
         "use_wandb",
-        # Experiment tracking: real config keys once #16 lands (a schema field wins over
-        # this list, so nothing here needs to change then).
-        "use_tensorboard",
+        # experiment-tracking switches and settings the schema does not read (the ones it
+        # reads, wandb_project, mlflow_tracking_uri, use_tensorboard, ..., are mapped)
         "use_mlflow",
-        "wandb_project",
-        "wandb_entity",
-        "wandb_name",
         "wandb_run_id",
         "wandb_watch",
         "wandb_log_model",
-        "wandb_mode",
-        "mlflow_tracking_uri",
-        "mlflow_experiment_name",
-        "mlflow_run_name",
         "comet_api_key",
         "comet_project_name",
     }
