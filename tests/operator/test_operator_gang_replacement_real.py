@@ -128,6 +128,15 @@ class Gang:
     def wait_seen(self, who: str, event: str, timeout: float = 90) -> None:
         wait_for(lambda: self.seen(who, event), timeout, 0.1, what=f"{who} {event}")
 
+    def wait_seen_after(self, who: str, first: str, then: str, timeout: float = 90) -> None:
+        """Until `who` has written `then` after its `first` (ordering, not timing)."""
+
+        def seen() -> bool:
+            mine = [e["event"] for e in self.ledger() if e["who"] == who]
+            return first in mine and then in mine[mine.index(first) :]
+
+        wait_for(seen, timeout, 0.1, what=f"{who} {then} after {first}")
+
     def run(self, attempt: int, rank: int) -> Any:
         return self.kubelet.run_of(self.ns, f"{JOB}-a{attempt}-worker-{rank}")
 
@@ -240,6 +249,9 @@ def test_gang_replacement_waits_for_graceful_termination(
     # but only the old gang exists to ask. A failed pod does not.
     assert gang.dns(0) == old_ip
     assert gang.dns(1) == (None if cause == "failure" else gang.run(1, 1).ip)
+    # Released only once rank 0 has written after its SIGTERM (a starved process may not
+    # have been scheduled yet on a loaded machine): the write is what is asserted below.
+    gang.wait_seen_after("a1-r0", "term", "beat")
     (gang.claim / "release").touch()  # the held processes finish their "checkpoint"
 
     gang.wait_seen("a2-r0", "start")
